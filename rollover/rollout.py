@@ -1,0 +1,380 @@
+"""The rolling reload as a pure state machine.
+
+Events go in (a worker was spawned, reported READY, failed, exited; a reload started),
+each with a clock value; `tick(now, target)` decides and returns actions (spawn one
+worker, retire one, kill one, log, halt) that the arbiter executes. Nothing here touches
+the OS or reads a clock, so every transition is unit-tested with a fake clock.
+
+Rules, in the words of the README:
+- A roll spawns new-generation workers while fewer than `target` of them exist, keeping
+  serving + booting workers within `target + max_surge`.
+- Whenever more than `target` workers are READY, the surplus is retired, old generations
+  first, oldest first: so one old worker is retired exactly when one new one is READY,
+  and READY never drops below `target` while the roll is healthy.
+- A new-generation worker that exits before READY, misses the ready timeout, or crashes
+  after READY aborts the roll: no more new-generation spawns, its booting workers are
+  killed, the workers not yet retired keep serving; missing slots are refilled with
+  backoff. Nothing here ever halts a master that has served once.
+- A reload during a roll supersedes it; booting workers of older generations are killed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class WorkerState(StrEnum):
+    BOOTING = "booting"
+    READY = "ready"
+    DRAINING = "draining"
+
+
+class Result(StrEnum):
+    SUCCEEDED = "succeeded"
+    ABORTED = "aborted"
+    SUPERSEDED = "superseded"
+
+
+# -- actions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spawn:
+    """Fork one worker of `generation`; report it with `Machine.spawned`."""
+
+    generation: int
+
+
+@dataclass(frozen=True)
+class Retire:
+    """Ask a worker to stop gracefully (SIGTERM)."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class Kill:
+    """Stop a worker now (SIGKILL): it missed a deadline or boots code nobody wants."""
+
+    pid: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Log:
+    level: str  # "debug" | "info" | "warning" | "error"
+    message: str
+
+
+@dataclass(frozen=True)
+class Halt:
+    """Stop the master: only before any worker was ever READY (a broken first start)."""
+
+    reason: str
+    exit_code: int
+
+
+Action = Spawn | Retire | Kill | Log | Halt
+
+
+# -- state ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Policy:
+    ready_timeout: float
+    max_surge: int = 1
+    graceful_timeout: float = 30.0
+    backoff_base: float = 1.0
+    backoff_max: float = 30.0
+
+
+@dataclass
+class Worker:
+    pid: int
+    generation: int
+    state: WorkerState
+    spawned: float
+    since: float
+    cause: str | None = None  # why it failed, as the worker itself reported it
+    killed: bool = False
+
+
+@dataclass
+class Rollout:
+    generation: int
+    reload: int
+    started: float
+    min_ready: int | None
+    result: Result | None = None
+    error: str | None = None
+    finished: float | None = None
+
+
+# Exit codes gunicorn gives a worker that could not boot / could not load the app.
+WORKER_BOOT_ERROR = 3
+APP_LOAD_ERROR = 4
+
+
+@dataclass
+class Machine:
+    policy: Policy
+    target: int
+    generation: int = 0
+    reloads: int = 0
+    workers: dict[int, Worker] = field(default_factory=dict)
+    rollout: Rollout | None = None
+    last_rollout: Rollout | None = None
+    pending_spawns: int = 0
+    failures: int = 0
+    next_spawn_at: float = 0.0
+    ever_ready: bool = False
+    _out: list[Action] = field(default_factory=list)
+
+    # -- views ---------------------------------------------------------------------------
+
+    def _live(self, state: WorkerState) -> list[Worker]:
+        return [w for w in self.workers.values() if w.state is state]
+
+    @property
+    def ready_count(self) -> int:
+        return len(self._live(WorkerState.READY))
+
+    @property
+    def booting_count(self) -> int:
+        return len(self._live(WorkerState.BOOTING))
+
+    @property
+    def state(self) -> str:
+        if self.rollout is not None:
+            return "rolling"
+        return "degraded" if self.ready_count < self.target else "idle"
+
+    # -- events --------------------------------------------------------------------------
+
+    def reload_started(self, now: float) -> None:
+        """A HUP whose preparation (config, import refresh) succeeded: roll to new code."""
+        self.reloads += 1
+        if self.rollout is not None:
+            self._finish(now, Result.SUPERSEDED, "superseded by a newer reload")
+        self.generation += 1
+        self.rollout = Rollout(self.generation, self.reloads, now, self.ready_count)
+        self.failures, self.next_spawn_at = 0, 0.0
+        self._log("info", f"rolling to generation {self.generation}: "
+                          f"{self.target} workers, max surge {self.policy.max_surge}")
+        for w in self._live(WorkerState.BOOTING):
+            if w.generation < self.generation:
+                self._kill(now, w, f"boots generation {w.generation}, superseded")
+
+    def reload_failed(self, now: float, error: str) -> None:
+        """A HUP whose preparation failed: nothing changes, the failure is recorded."""
+        self.reloads += 1
+        failed = Rollout(self.generation + 1, self.reloads, now, None,
+                         Result.ABORTED, error, now)
+        self.last_rollout = failed
+        self._log("error", f"reload aborted before rolling: {error}")
+
+    def spawned(self, now: float, pid: int, generation: int) -> None:
+        self.pending_spawns = max(0, self.pending_spawns - 1)
+        self.workers[pid] = Worker(pid, generation, WorkerState.BOOTING, now, now)
+
+    def spawn_failed(self, now: float, generation: int, error: str) -> None:
+        self.pending_spawns = max(0, self.pending_spawns - 1)
+        self._boot_failed(now, generation, f"could not fork a worker: {error}", None)
+
+    def ready(self, now: float, pid: int) -> None:
+        w = self.workers.get(pid)
+        if w is None or w.state is not WorkerState.BOOTING:
+            return
+        w.state, w.since = WorkerState.READY, now
+        self.ever_ready = True
+        self.failures, self.next_spawn_at = 0, 0.0
+        if self.rollout is not None and w.generation == self.rollout.generation:
+            new_ready = self._new_ready()
+            self._log("info", f"worker {pid} ready: {new_ready}/{self.target} "
+                              f"workers on generation {self.generation}")
+
+    def failed(self, pid: int, cause: str) -> None:
+        """The worker reported why it cannot boot; its exit follows."""
+        w = self.workers.get(pid)
+        if w is not None and w.cause is None:
+            w.cause = cause
+
+    def exited(self, now: float, pid: int, description: str, exit_code: int | None) -> None:
+        """A worker process ended. `exit_code` is None when a signal ended it."""
+        w = self.workers.pop(pid, None)
+        if w is None:
+            return
+        roll = self.rollout
+        in_roll = roll is not None and w.generation == roll.generation
+        if w.state is WorkerState.DRAINING:
+            return
+        if w.state is WorkerState.BOOTING:
+            cause = w.cause or f"worker {pid} {description} before READY"
+            self._boot_failed(now, w.generation, cause, exit_code)
+            return
+        if in_roll and exit_code != 0:
+            self._abort(now, f"worker {pid} of generation {w.generation} "
+                             f"{description} after READY")
+        else:
+            self._log("warning", f"worker {pid} {description}")
+
+    # -- decisions -----------------------------------------------------------------------
+
+    def tick(self, now: float, target: int) -> list[Action]:
+        self.target = target
+        self._enforce_deadlines(now)
+        self._maybe_succeed(now)
+        self._retire_surplus(now)
+        self._spawn(now)
+        self._observe()
+        out, self._out = self._out, []
+        return out
+
+    def _enforce_deadlines(self, now: float) -> None:
+        for w in list(self.workers.values()):
+            if w.killed:
+                continue
+            if (w.state is WorkerState.BOOTING
+                    and now - w.spawned > self.policy.ready_timeout):
+                cause = (f"worker {w.pid} of generation {w.generation} not READY within "
+                         f"{self.policy.ready_timeout:g}s")
+                self._kill(now, w, cause)
+                self._boot_failed(now, w.generation, cause, None)
+            elif (w.state is WorkerState.DRAINING
+                    and now - w.since > self.policy.graceful_timeout):
+                self._kill(now, w, f"still draining after {self.policy.graceful_timeout:g}s")
+
+    def _maybe_succeed(self, now: float) -> None:
+        roll = self.rollout
+        if roll is None:
+            return
+        old = [w for w in self.workers.values()
+               if w.generation < roll.generation and w.state is not WorkerState.DRAINING]
+        if not old and self._new_ready() >= self.target:
+            self._finish(now, Result.SUCCEEDED, None)
+
+    def _retire_surplus(self, now: float) -> None:
+        ready = self._live(WorkerState.READY)
+        surplus = len(ready) - self.target
+        if surplus <= 0:
+            return
+        # Old generations first, then the oldest: the roll retires one old worker for
+        # each new one that became READY.
+        ready.sort(key=lambda w: (w.generation, w.spawned))
+        for w in ready[:surplus]:
+            w.state, w.since = WorkerState.DRAINING, now
+            self._out.append(Retire(w.pid))
+            self._log("info", f"retiring worker {w.pid} (generation {w.generation})")
+
+    def _spawn(self, now: float) -> None:
+        busy = self.ready_count + self.booting_count + self.pending_spawns
+        roll = self.rollout
+        if roll is not None:
+            new = self.pending_spawns + sum(
+                1 for w in self.workers.values()
+                if w.generation == roll.generation and w.state is not WorkerState.DRAINING)
+            count = min(self.target - new, self.target + self.policy.max_surge - busy)
+        else:
+            count = self.target - busy
+        if count <= 0 or now < self.next_spawn_at:
+            return
+        if self.failures:
+            count = 1  # probe one at a time while boots keep failing
+        self.pending_spawns += count
+        self._out.extend(Spawn(self.generation) for _ in range(count))
+
+    def _observe(self) -> None:
+        roll = self.rollout
+        if roll is not None and roll.min_ready is not None:
+            roll.min_ready = min(roll.min_ready, self.ready_count)
+
+    # -- transitions ---------------------------------------------------------------------
+
+    def _boot_failed(self, now: float, generation: int, cause: str,
+                     exit_code: int | None) -> None:
+        roll = self.rollout
+        if roll is not None and generation == roll.generation:
+            self._abort(now, cause)
+            return
+        if not self.ever_ready:
+            code = exit_code if exit_code in (WORKER_BOOT_ERROR, APP_LOAD_ERROR) \
+                else WORKER_BOOT_ERROR
+            self._out.append(Halt(cause, code))
+            return
+        delay = self._back_off(now)
+        self._log("error", f"{cause}; next respawn in {delay:g}s")
+
+    def _back_off(self, now: float) -> float:
+        self.failures += 1
+        delay = min(self.policy.backoff_base * 2 ** (self.failures - 1),
+                    self.policy.backoff_max)
+        self.next_spawn_at = now + delay
+        return delay
+
+    def _abort(self, now: float, cause: str) -> None:
+        roll = self.rollout
+        assert roll is not None
+        for w in self._live(WorkerState.BOOTING):
+            if w.generation >= roll.generation:
+                self._kill(now, w, "its roll was aborted")
+        self._finish(now, Result.ABORTED, cause)
+        # The code on disk is what failed: refill missing slots, if any, with backoff.
+        self._back_off(now)
+        self._log("error", f"rollout of generation {roll.generation} aborted: {cause}")
+
+    def _finish(self, now: float, result: Result, error: str | None) -> None:
+        roll = self.rollout
+        assert roll is not None
+        self._observe()
+        roll.result, roll.error, roll.finished = result, error, now
+        self.last_rollout, self.rollout = roll, None
+        if result is Result.SUCCEEDED:
+            self._log("info", f"rollout of generation {roll.generation} succeeded in "
+                              f"{now - roll.started:.2f}s (min ready {roll.min_ready})")
+        elif result is Result.SUPERSEDED:
+            self._log("info", f"rollout of generation {roll.generation} superseded")
+
+    def _kill(self, now: float, w: Worker, reason: str) -> None:
+        w.state, w.since, w.killed = WorkerState.DRAINING, now, True
+        self._out.append(Kill(w.pid, reason))
+
+    def _new_ready(self) -> int:
+        roll = self.rollout
+        return sum(1 for w in self._live(WorkerState.READY)
+                   if roll is not None and w.generation == roll.generation)
+
+    def _log(self, level: str, message: str) -> None:
+        self._out.append(Log(level, message))
+
+    # -- status --------------------------------------------------------------------------
+
+    def describe(self, wall: Callable[[float], str | None]) -> dict[str, Any]:
+        """The machine's part of the status file; `wall` turns clock values into ISO times."""
+
+        def record(r: Rollout | None) -> dict[str, Any] | None:
+            if r is None:
+                return None
+            return {"generation": r.generation, "reload": r.reload,
+                    "result": None if r.result is None else str(r.result),
+                    "error": r.error, "min_ready": r.min_ready,
+                    "started": wall(r.started),
+                    "finished": None if r.finished is None else wall(r.finished)}
+
+        current = record(self.rollout)
+        if current is not None:
+            current.update(new_ready=self._new_ready(), target=self.target)
+        return {
+            "generation": self.generation,
+            "state": self.state,
+            "workers_target": self.target,
+            "reloads": self.reloads,
+            "workers": [{"pid": w.pid, "generation": w.generation, "state": str(w.state),
+                         "since": wall(w.since)}
+                        for w in sorted(self.workers.values(), key=lambda w: w.spawned)],
+            "rollout": current,
+            "last_rollout": record(self.last_rollout),
+        }

@@ -1,0 +1,148 @@
+"""Rollover's own settings: `rollover_*` names in the gunicorn config, `ROLLOVER_*` in the env.
+
+Gunicorn drops config names it does not know, so rollover reads its settings from the
+config module's namespace itself, then lets the environment override them. Every value is
+validated up front; a bad one is a `SettingsError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A rollover setting has a bad value (one-line message)."""
+
+
+def _number(name: str, value: Any, *, minimum: float, integer: bool = False) -> float:
+    if isinstance(value, bool):
+        raise SettingsError(f"{name} must be a number, got {value!r}")
+    try:
+        number = int(value) if integer else float(value)
+    except (TypeError, ValueError):
+        kind = "a whole number" if integer else "a number of seconds"
+        raise SettingsError(f"{name} must be {kind}, got {value!r}") from None
+    if integer and isinstance(value, float) and value != int(value):
+        raise SettingsError(f"{name} must be a whole number, got {value!r}")
+    if number < minimum:
+        raise SettingsError(f"{name} must be >= {minimum:g}, got {value!r}")
+    return number
+
+
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {value!r}")
+
+
+def _path(name: str, value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise SettingsError(f"{name} must be a file path, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Rollover's settings, resolved against the gunicorn config they belong to."""
+
+    ready_timeout: float
+    """Seconds a new worker has to report READY before the roll aborts."""
+    max_surge: int
+    """Workers booting at once during a roll, above `workers`."""
+    status_path: str | None
+    """Where the master writes its status; None when there is nowhere to write it."""
+    graceful_timeout: float
+    """Seconds a retired worker may drain before the master SIGKILLs it (gunicorn's)."""
+    backoff_max: float
+    """Upper bound of the delay between respawns of a worker that keeps failing to boot."""
+    refresh: bool
+    """Refresh import state (sys.path, importer caches, changed modules) on HUP."""
+
+    @property
+    def summary(self) -> str:
+        return ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+
+
+# name -> (parser, default computed from the gunicorn config)
+_SPECS: dict[str, tuple[Callable[[str, Any], Any], Callable[[Any], Any]]] = {
+    "ready_timeout": (
+        lambda n, v: _number(n, v, minimum=0.1),
+        lambda cfg: float(cfg.timeout) if cfg.timeout else 30.0,
+    ),
+    "max_surge": (
+        lambda n, v: int(_number(n, v, minimum=1, integer=True)),
+        lambda cfg: 1,
+    ),
+    "status_path": (
+        _path,
+        lambda cfg: _default_status_path(cfg),
+    ),
+    "graceful_timeout": (
+        lambda n, v: _number(n, v, minimum=0),
+        lambda cfg: float(cfg.graceful_timeout),
+    ),
+    "backoff_max": (
+        lambda n, v: _number(n, v, minimum=0.1),
+        lambda cfg: 30.0,
+    ),
+    "refresh": (_bool, lambda cfg: True),
+}
+
+NAMES = tuple(f"rollover_{name}" for name in _SPECS)
+
+
+def _default_status_path(cfg: Any) -> str | None:
+    from rollover.status import default_status_path
+
+    return default_status_path(cfg.pidfile) if cfg.pidfile else None
+
+
+def config_namespace(cfg: Any) -> Mapping[str, Any]:
+    """The variables of the config module or file gunicorn loaded for `cfg`."""
+    location = getattr(cfg, "config", None) or ""
+    if location.startswith("python:"):
+        module = sys.modules.get(location[len("python:"):])
+    else:
+        module = sys.modules.get("__config__")
+    return vars(module) if module is not None else {}
+
+
+def resolve(
+    cfg: Any,
+    namespace: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve rollover's settings: defaults < config namespace < environment."""
+    namespace = config_namespace(cfg) if namespace is None else namespace
+    environ = os.environ if environ is None else environ
+    unknown = sorted(
+        key for key in namespace
+        if key.startswith("rollover_") and key not in NAMES
+    ) + sorted(
+        key for key in environ
+        if key.startswith("ROLLOVER_") and key.lower() not in NAMES
+    )
+    if unknown:
+        raise SettingsError(f"unknown rollover setting {unknown[0]} (known: {', '.join(NAMES)})")
+    values: dict[str, Any] = {}
+    for name, (parse, default) in _SPECS.items():
+        key = f"rollover_{name}"
+        env_key = key.upper()
+        if env_key in environ:
+            values[name] = parse(env_key, environ[env_key])
+        elif key in namespace:
+            values[name] = parse(key, namespace[key])
+        else:
+            values[name] = default(cfg)
+    return Settings(**values)
