@@ -1,0 +1,390 @@
+"""RollingArbiter: gunicorn's arbiter, with HUP rolling workers over one at a time.
+
+The decisions live in `rollover.rollout.Machine`; this class is the imperative shell
+around it. It runs inside gunicorn's own main loop and never blocks it while rolling:
+- `wait_for_signals` also wakes on readiness messages from workers and feeds them in;
+- `reap_workers` reports exits (and never halts the master on a worker's boot error);
+- `manage_workers` asks the machine what to do and does it, then writes the status;
+- `handle_hup` reloads the config and refreshes imports (the only step that may block
+  the loop, briefly, logged with its duration), then starts a roll.
+`activate(server)` switches a running `Arbiter` to this class (from `rollover.hooks`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import select
+import signal
+import sys
+import time
+from typing import Any, NoReturn
+
+import gunicorn
+from gunicorn import util
+from gunicorn.arbiter import Arbiter
+from gunicorn.errors import HaltServer
+from gunicorn.pidfile import Pidfile
+
+import rollover
+from rollover import readiness, refresh, rollout, settings, status
+
+SUPPORTED_GUNICORN = (27,)
+
+
+class RollingArbiter(Arbiter):
+    """A gunicorn `Arbiter` whose HUP is a rolling, ready-checked, abortable reload."""
+
+    # Set by `_rollover_init` (the subclass is switched in on a running arbiter, so
+    # `__init__` never runs).
+    machine: rollout.Machine
+    settings: settings.Settings
+    channel: readiness.Channel
+
+    def _rollover_init(self) -> None:
+        self.settings = _resolve_or_exit(self)
+        self.channel = readiness.Channel()
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        _register_fork_cleanup(self)
+        self.machine = rollout.Machine(self._policy(), target=self.num_workers)
+        self.worker_class = readiness.with_readiness(self.cfg.worker_class)
+        self._last_status: dict[str, Any] | None = None
+        self._status_error: str | None = None
+        self._hooks_ran: set[str] = set()
+        self._hooks_checked = False
+        self.log.info("rollover %s active: %s", rollover.__version__, self.settings.summary)
+        if self.settings.status_path is None:
+            self.log.warning("rollover: no pidfile and no rollover_status_path: no status "
+                             "file, so `rollover status/reload` cannot follow this master")
+        self._write_status()
+
+    def _policy(self) -> rollout.Policy:
+        s = self.settings
+        return rollout.Policy(ready_timeout=s.ready_timeout, max_surge=s.max_surge,
+                              graceful_timeout=s.graceful_timeout, backoff_max=s.backoff_max)
+
+    # -- gunicorn's main loop, extended ---------------------------------------------------
+
+    def setup(self, app: Any) -> None:
+        super().setup(app)
+        # gunicorn resets worker_class from the config on every reload
+        self.worker_class = readiness.with_readiness(self.cfg.worker_class)
+
+    def signal(self, sig: int, frame: Any) -> None:
+        self.SIG_QUEUE.put_nowait(sig)
+        self._wake()
+
+    signal_chld = signal
+
+    def wakeup(self) -> None:
+        super().wakeup()
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b".")
+
+    def wait_for_signals(self, timeout: float = 1.0) -> list[int]:
+        with contextlib.suppress(InterruptedError):
+            select.select([self._wake_r, self.channel.fileno()], [], [], timeout)
+        with contextlib.suppress(OSError):
+            while os.read(self._wake_r, 4096):
+                pass
+        signals = []
+        while not self.SIG_QUEUE.empty():
+            sig = self.SIG_QUEUE.get_nowait()
+            if sig == self.WAKEUP_REQUEST:
+                continue
+            # a burst of HUPs is one reload
+            if sig == signal.SIGHUP and sig in signals:
+                continue
+            signals.append(sig)
+        # Read readiness after the signal queue: a worker writes its failure cause before
+        # it exits, so every SIGCHLD taken above has its message in the pipe already.
+        self._read_channel()
+        return signals
+
+    def _read_channel(self) -> None:
+        messages, problems = self.channel.drain()
+        for problem in problems:
+            self.log.warning("rollover: %s", problem)
+        now = time.monotonic()
+        for m in messages:
+            if m.event == "ready":
+                self.machine.ready(now, m.pid)
+            elif m.event == "failed":
+                self.machine.failed(m.pid, m.detail)
+            else:
+                self.log.warning("rollover: unknown readiness event %r from %s", m.event, m.pid)
+
+    def hook_ran(self, name: str) -> None:
+        self._hooks_ran.add(name)
+
+    def _check_hooks(self) -> None:
+        """Once, after `when_ready`: name rollover hooks a user hook replaced unchained."""
+        self._hooks_checked = True
+        from rollover.hooks import HOOKS
+
+        for name in HOOKS:
+            if name not in self._hooks_ran:
+                self.log.warning(
+                    "rollover: your config's %s replaces rollover's without calling it; "
+                    "call rollover.hooks.%s(server) from it, or decorate it with "
+                    "@rollover.hooks.extend", name, name)
+
+    def manage_workers(self) -> None:
+        if not self._hooks_checked:
+            self._check_hooks()
+        now = time.monotonic()
+        for pid in [p for p in self.machine.workers if p not in self.WORKERS]:
+            # gunicorn's kill_worker forgets a worker it finds already gone (ESRCH)
+            self.machine.exited(now, pid, "vanished", None)
+        for action in self.machine.tick(now, self.num_workers):
+            self._execute(action, now)
+        self._write_status()
+
+    def _execute(self, action: rollout.Action, now: float) -> None:
+        match action:
+            case rollout.Spawn(generation):
+                try:
+                    pid = self.spawn_worker()
+                except Exception as exc:
+                    self.log.exception("rollover: could not spawn a worker")
+                    self.machine.spawn_failed(now, generation, readiness.describe_exception(exc))
+                else:
+                    self.machine.spawned(now, pid, generation)
+            case rollout.Retire(pid):
+                self.kill_worker(pid, signal.SIGTERM)
+            case rollout.Kill(pid, reason):
+                self.log.warning("rollover: killing worker %s: %s", pid, reason)
+                self.kill_worker(pid, signal.SIGKILL)
+            case rollout.Log(level, message):
+                getattr(self.log, level)("rollover: %s", message)
+            case rollout.Halt(reason, exit_code):
+                raise HaltServer(reason, exit_code)
+
+    def reap_workers(self) -> None:
+        # gunicorn's version raises HaltServer when a worker exits with a boot error
+        # (3/4); here the machine decides, and halts only a master that never served.
+        try:
+            while True:
+                wpid, wstatus = os.waitpid(-1, os.WNOHANG)
+                if not wpid:
+                    break
+                if wpid == self.reexec_pid:
+                    self.reexec_pid = 0
+                    continue
+                if wpid == self.dirty_arbiter_pid:
+                    self.handle_dirty_arbiter_exit(wpid, wstatus)
+                    continue
+                worker = self.WORKERS.pop(wpid, None)
+                if worker is None:
+                    self.log.debug("Reaped unknown child process (pid:%s)", wpid)
+                    continue
+                description, exit_code = _describe_exit(wstatus)
+                level = self.log.info if exit_code == 0 else self.log.warning
+                level("Worker (pid:%s) %s", wpid, description)
+                worker.tmp.close()
+                try:
+                    self.cfg.child_exit(self, worker)
+                except Exception:
+                    self.log.exception("child_exit hook failed")
+                self.machine.exited(time.monotonic(), wpid, description, exit_code)
+        except ChildProcessError:
+            pass
+
+    # -- HUP -------------------------------------------------------------------------------
+
+    def handle_hup(self) -> None:
+        self.log.info("Hang up: %s", self.master_name)
+        started = time.monotonic()
+        now = started
+        try:
+            error = self._reload_config()
+            if error is None and self.settings.refresh:
+                report = refresh.refresh()
+                self.log.info("rollover: import refresh: %s", report.summary())
+        except Exception as exc:
+            self.log.exception("rollover: reload preparation failed")
+            error = readiness.describe_exception(exc)
+        now = time.monotonic()
+        self.log.info("rollover: reload prepared in %.3fs", now - started)
+        if error is not None:
+            self.machine.reload_failed(now, error)
+        else:
+            self.machine.reload_started(now)
+        if self.dirty_arbiter_pid:
+            self.kill_dirty_arbiter(signal.SIGHUP)
+        self.manage_workers()
+
+    def _reload_config(self) -> str | None:
+        """gunicorn's `reload()` minus its worker spawning; a failure changes nothing.
+
+        Returns None on success, else the one-line cause.
+        """
+        snapshot = (self.app.cfg, sys.modules.get("__config__"), os.getcwd(),
+                    list(sys.path), dict(os.environ))
+        old_address = self.cfg.address
+        for k in self.cfg.env:
+            if k in self.cfg.env_orig:
+                os.environ[k] = self.cfg.env_orig[k]
+            else:
+                os.environ.pop(k, None)
+        captured = io.StringIO()
+        real_stderr = sys.stderr
+        try:
+            # gunicorn reports a bad config on stderr, then sys.exit(1): capture it
+            sys.stderr = captured
+            try:
+                self.app.reload()
+            finally:
+                sys.stderr = real_stderr
+            new_settings = settings.resolve(self.app.cfg)
+        except (Exception, SystemExit) as exc:
+            text = captured.getvalue()
+            real_stderr.write(text)
+            lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+            if isinstance(exc, SystemExit):
+                cause = lines[-1] if lines else f"config reload exited with {exc.code}"
+            else:
+                cause = readiness.describe_exception(exc)
+            self._restore(snapshot)
+            return f"config reload failed: {cause}"
+        real_stderr.write(captured.getvalue())
+        self.settings = new_settings
+        self.machine.policy = self._policy()
+        self.setup(self.app)
+        self.log.reopen_files()
+        if old_address != self.cfg.address:
+            for lnr in self.LISTENERS:
+                lnr.close()
+            from gunicorn import sock
+
+            self.LISTENERS = sock.create_sockets(self.cfg, self.log)
+            self.log.info("Listening at: %s", ",".join(str(lnr) for lnr in self.LISTENERS))
+        self.cfg.on_reload(self)
+        if self.pidfile is not None:
+            self.pidfile.unlink()
+        if self.cfg.pidfile is not None:
+            self.pidfile = Pidfile(self.cfg.pidfile)
+            self.pidfile.create(self.pid)
+        util._setproctitle(f"master [{self.proc_name}]")
+        return None
+
+    def _restore(self, snapshot: tuple[Any, ...]) -> None:
+        cfg, config_module, cwd, path, environ = snapshot
+        self.app.cfg = cfg
+        if config_module is not None:
+            sys.modules["__config__"] = config_module
+        with contextlib.suppress(OSError):
+            os.chdir(cwd)
+        sys.path[:] = path
+        os.environ.clear()
+        os.environ.update(environ)
+
+    # -- status ------------------------------------------------------------------------------
+
+    def _write_status(self) -> None:
+        path = self.settings.status_path
+        if path is None:
+            return
+        offset = time.time() - time.monotonic()
+        data = {
+            "schema": status.SCHEMA,
+            "pid": self.pid,
+            "rollover": rollover.__version__,
+            "gunicorn": gunicorn.__version__,
+            "status_path": path,
+            "settings": {"ready_timeout": self.settings.ready_timeout,
+                         "max_surge": self.settings.max_surge,
+                         "graceful_timeout": self.settings.graceful_timeout},
+            **self.machine.describe(lambda t: status.iso(t + offset)),
+        }
+        if data == self._last_status:
+            return
+        data_with_time = {**data, "updated": status.iso(time.time())}
+        try:
+            status.write_status(path, data_with_time)
+        except OSError as exc:
+            # a full disk or a missing directory must not stop the master: log each new
+            # kind of failure once, keep serving, retry on the next change
+            message = f"cannot write status file {path}: {exc}"
+            if message != self._status_error:
+                self.log.error("rollover: %s", message)
+                self._status_error = message
+            return
+        self._status_error = None
+        self._last_status = data
+
+
+def _describe_exit(wstatus: int) -> tuple[str, int | None]:
+    code = os.waitstatus_to_exitcode(wstatus)
+    if code >= 0:
+        return f"exited with code {code}", code
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"was killed by {name}", None
+
+
+def _resolve_or_exit(server: Arbiter) -> settings.Settings:
+    try:
+        return settings.resolve(server.cfg)
+    except settings.SettingsError as exc:
+        _refuse(server, str(exc))
+
+
+def _refuse(server: Arbiter, message: str) -> NoReturn:
+    """Stop a master that cannot run rollover at start: one line, exit code 1."""
+    print(f"rollover: {message}", file=sys.stderr, flush=True)
+    if server.pidfile is not None:
+        server.pidfile.unlink()
+    sys.exit(1)
+
+
+# The arbiter whose master-only fds a forked child must close (one per process).
+_active: RollingArbiter | None = None
+
+
+def _register_fork_cleanup(arbiter: RollingArbiter) -> None:
+    global _active
+    if _active is None:
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+    _active = arbiter
+
+
+def _after_fork_in_child() -> None:
+    # A worker keeps only the write end of the readiness pipe.
+    if _active is None:
+        return
+    _active.channel.close_in_child()
+    for fd in (_active._wake_r, _active._wake_w):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def check_gunicorn_version() -> str | None:
+    """None when this gunicorn is one rollover was built and tested against."""
+    try:
+        major = int(gunicorn.__version__.split(".")[0])
+    except ValueError:
+        major = -1
+    if major in SUPPORTED_GUNICORN:
+        return None
+    wanted = ", ".join(f"{m}.x" for m in SUPPORTED_GUNICORN)
+    return (f"gunicorn {gunicorn.__version__} is not supported (rollover {rollover.__version__} "
+            f"overrides arbiter internals tested on gunicorn {wanted})")
+
+
+def activate(server: Arbiter) -> bool:
+    """Switch a running gunicorn arbiter to `RollingArbiter`. False if it already was."""
+    if isinstance(server, RollingArbiter):
+        return False
+    problem = check_gunicorn_version()
+    if problem is not None:
+        _refuse(server, problem)
+    server.__class__ = RollingArbiter
+    server._rollover_init()
+    return True
