@@ -1,0 +1,74 @@
+"""Rollover's settings: defaults from the gunicorn config, `rollover_*` names, `ROLLOVER_*` env."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from rollover.settings import NAMES, SettingsError, resolve
+
+
+def gunicorn_cfg(**overrides: object) -> SimpleNamespace:
+    values: dict[str, object] = {"timeout": 30, "graceful_timeout": 30, "pidfile": None,
+                                 "config": None}
+    values.update(overrides)
+    return SimpleNamespace(**values)
+
+
+def test_defaults_follow_gunicorn() -> None:
+    s = resolve(gunicorn_cfg(timeout=12, graceful_timeout=7, pidfile="/run/app/g.pid"), {}, {})
+    assert s.ready_timeout == 12.0
+    assert s.max_surge == 1
+    assert s.graceful_timeout == 7.0
+    assert s.status_path == "/run/app/g.rollover.json"
+    assert s.refresh is True
+
+
+def test_no_pidfile_means_no_default_status_path() -> None:
+    assert resolve(gunicorn_cfg(), {}, {}).status_path is None
+
+
+def test_timeout_zero_falls_back_to_thirty_seconds() -> None:
+    assert resolve(gunicorn_cfg(timeout=0), {}, {}).ready_timeout == 30.0
+
+
+def test_config_namespace_sets_values() -> None:
+    s = resolve(gunicorn_cfg(), {"rollover_max_surge": 2, "rollover_ready_timeout": 5,
+                                 "rollover_status_path": "/tmp/s.json"}, {})
+    assert (s.max_surge, s.ready_timeout, s.status_path) == (2, 5.0, "/tmp/s.json")
+
+
+def test_environment_wins_over_config() -> None:
+    s = resolve(gunicorn_cfg(), {"rollover_max_surge": 2}, {"ROLLOVER_MAX_SURGE": "3",
+                                                             "ROLLOVER_REFRESH": "off"})
+    assert s.max_surge == 3
+    assert s.refresh is False
+
+
+@pytest.mark.parametrize(
+    ("namespace", "environ", "message"),
+    [
+        ({"rollover_max_surge": 0}, {}, "rollover_max_surge must be >= 1"),
+        ({"rollover_max_surge": 1.5}, {}, "rollover_max_surge must be a whole number"),
+        ({}, {"ROLLOVER_READY_TIMEOUT": "soon"}, "ROLLOVER_READY_TIMEOUT must be a number"),
+        ({"rollover_ready_timeout": True}, {}, "rollover_ready_timeout must be a number"),
+        ({"rollover_refresh": "maybe"}, {}, "rollover_refresh must be true or false"),
+        ({"rollover_status_path": 3}, {}, "rollover_status_path must be a file path"),
+        ({"rollover_max_surg": 2}, {}, "unknown rollover setting rollover_max_surg"),
+        ({}, {"ROLLOVER_READY_TIMOUT": "3"}, "unknown rollover setting ROLLOVER_READY_TIMOUT"),
+    ],
+)
+def test_bad_values_are_one_line_errors(namespace: dict[str, object],
+                                        environ: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        resolve(gunicorn_cfg(), namespace, environ)
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
+
+
+def test_every_setting_has_a_documented_name() -> None:
+    assert set(NAMES) == {
+        "rollover_ready_timeout", "rollover_max_surge", "rollover_status_path",
+        "rollover_graceful_timeout", "rollover_backoff_max", "rollover_refresh",
+    }
