@@ -62,7 +62,8 @@ class RollingArbiter(Arbiter):
     def _policy(self) -> rollout.Policy:
         s = self.settings
         return rollout.Policy(ready_timeout=s.ready_timeout, max_surge=s.max_surge,
-                              graceful_timeout=s.graceful_timeout, backoff_max=s.backoff_max)
+                              graceful_timeout=s.graceful_timeout, max_draining=s.max_draining,
+                              backoff_max=s.backoff_max)
 
     # -- gunicorn's main loop, extended ---------------------------------------------------
 
@@ -298,7 +299,8 @@ class RollingArbiter(Arbiter):
             "status_path": path,
             "settings": {"ready_timeout": self.settings.ready_timeout,
                          "max_surge": self.settings.max_surge,
-                         "graceful_timeout": self.settings.graceful_timeout},
+                         "graceful_timeout": self.settings.graceful_timeout,
+                         "max_draining": self.settings.max_draining},
             **self.machine.describe(lambda t: status.iso(t + offset)),
         }
         if data == self._last_status:

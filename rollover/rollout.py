@@ -10,7 +10,8 @@ Rules, in the words of the README:
   serving + booting workers within `target + max_surge`.
 - Whenever more than `target` workers are READY, the surplus is retired, old generations
   first, oldest first: so one old worker is retired exactly when one new one is READY,
-  and READY never drops below `target` while the roll is healthy.
+  and READY never drops below `target` while the roll is healthy. At most `max_draining`
+  retired workers drain at once; each is killed after `graceful_timeout`.
 - A new-generation worker that exits before READY, misses the ready timeout, or crashes
   after READY aborts the roll: no more new-generation spawns, its booting workers are
   killed, the workers not yet retired keep serving; missing slots are refilled with
@@ -88,6 +89,7 @@ class Policy:
     ready_timeout: float
     max_surge: int = 1
     graceful_timeout: float = 30.0
+    max_draining: int | None = None  # None: no cap
     backoff_base: float = 1.0
     backoff_max: float = 30.0
 
@@ -260,6 +262,9 @@ class Machine:
     def _retire_surplus(self, now: float) -> None:
         ready = self._live(WorkerState.READY)
         surplus = len(ready) - self.target
+        if self.policy.max_draining is not None:
+            draining = sum(1 for w in self._live(WorkerState.DRAINING) if not w.killed)
+            surplus = min(surplus, self.policy.max_draining - draining)
         if surplus <= 0:
             return
         # Old generations first, then the oldest: the roll retires one old worker for

@@ -64,6 +64,8 @@ class Settings:
     """Where the master writes its status; None when there is nowhere to write it."""
     graceful_timeout: float
     """Seconds a retired worker may drain before the master SIGKILLs it (gunicorn's)."""
+    max_draining: int
+    """Retired workers draining at once; the next waits (a long stream never blocks more)."""
     backoff_max: float
     """Upper bound of the delay between respawns of a worker that keeps failing to boot."""
     refresh: bool
@@ -91,6 +93,10 @@ _SPECS: dict[str, tuple[Callable[[str, Any], Any], Callable[[Any], Any]]] = {
     "graceful_timeout": (
         lambda n, v: _number(n, v, minimum=0),
         lambda cfg: float(cfg.graceful_timeout),
+    ),
+    "max_draining": (
+        lambda n, v: int(_number(n, v, minimum=1, integer=True)),
+        lambda cfg: 1,
     ),
     "backoff_max": (
         lambda n, v: _number(n, v, minimum=0.1),

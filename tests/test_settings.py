@@ -70,5 +70,6 @@ def test_bad_values_are_one_line_errors(namespace: dict[str, object],
 def test_every_setting_has_a_documented_name() -> None:
     assert set(NAMES) == {
         "rollover_ready_timeout", "rollover_max_surge", "rollover_status_path",
-        "rollover_graceful_timeout", "rollover_backoff_max", "rollover_refresh",
+        "rollover_graceful_timeout", "rollover_max_draining", "rollover_backoff_max",
+        "rollover_refresh",
     }
