@@ -134,6 +134,7 @@ class Machine:
     failures: int = 0
     next_spawn_at: float = 0.0
     ever_ready: bool = False
+    halted: bool = False
     _out: list[Action] = field(default_factory=list)
 
     # -- views ---------------------------------------------------------------------------
@@ -285,10 +286,13 @@ class Machine:
             count = min(self.target - new, self.target + self.policy.max_surge - busy)
         else:
             count = self.target - busy
-        if count <= 0 or now < self.next_spawn_at:
+        if count <= 0 or now < self.next_spawn_at or self.halted:
             return
         if self.failures:
-            count = 1  # probe one at a time while boots keep failing
+            # probe with one worker at a time while boots keep failing
+            if self.booting_count + self.pending_spawns:
+                return
+            count = 1
         self.pending_spawns += count
         self._out.extend(Spawn(self.generation) for _ in range(count))
 
@@ -309,6 +313,7 @@ class Machine:
             code = exit_code if exit_code in (WORKER_BOOT_ERROR, APP_LOAD_ERROR) \
                 else WORKER_BOOT_ERROR
             self._out.append(Halt(cause, code))
+            self.halted = True
             return
         delay = self._back_off(now)
         self._log("error", f"{cause}; next respawn in {delay:g}s")
