@@ -44,6 +44,7 @@ class RollingArbiter(Arbiter):
 
     def _rollover_init(self) -> None:
         self.settings = _resolve_or_exit(self)
+        readiness.configure(self.settings)
         self.channel = readiness.Channel()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         _register_fork_cleanup(self)
@@ -254,6 +255,7 @@ class RollingArbiter(Arbiter):
             return f"config reload failed: {cause}"
         real_stderr.write(captured.getvalue())
         self.settings = new_settings
+        readiness.configure(new_settings)
         self.machine.policy = self._policy()
         self.setup(self.app)
         self.log.reopen_files()
@@ -300,7 +302,8 @@ class RollingArbiter(Arbiter):
             "settings": {"ready_timeout": self.settings.ready_timeout,
                          "max_surge": self.settings.max_surge,
                          "graceful_timeout": self.settings.graceful_timeout,
-                         "max_draining": self.settings.max_draining},
+                         "max_draining": self.settings.max_draining,
+                         "probe_path": self.settings.probe_path},
             **self.machine.describe(lambda t: status.iso(t + offset)),
         }
         if data == self._last_status:

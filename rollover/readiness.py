@@ -15,13 +15,25 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rollover.settings import Settings
 
 # Leave room under PIPE_BUF (4096 on Linux) for the JSON framing.
 _MAX_DETAIL = 1500
 
 # The write end, set in the master before the first fork and inherited by every worker.
 _write_fd: int | None = None
+
+# The master's current rollover settings, inherited by each worker at fork.
+settings: Settings | None = None
+
+
+def configure(current: Settings) -> None:
+    """Master side: the settings the next forked workers will see."""
+    global settings
+    settings = current
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,14 @@ def _path(name: str, value: Any) -> str | None:
     return value
 
 
+def _probe_path(name: str, value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise SettingsError(f"{name} must be a path starting with '/', got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Rollover's settings, resolved against the gunicorn config they belong to."""
@@ -70,6 +78,8 @@ class Settings:
     """Upper bound of the delay between respawns of a worker that keeps failing to boot."""
     refresh: bool
     """Refresh import state (sys.path, importer caches, changed modules) on HUP."""
+    probe_path: str | None
+    """A path a new worker requests from its own app, in-process, before it is READY."""
 
     @property
     def summary(self) -> str:
@@ -103,6 +113,7 @@ _SPECS: dict[str, tuple[Callable[[str, Any], Any], Callable[[Any], Any]]] = {
         lambda cfg: 30.0,
     ),
     "refresh": (_bool, lambda cfg: True),
+    "probe_path": (_probe_path, lambda cfg: None),
 }
 
 NAMES = tuple(f"rollover_{name}" for name in _SPECS)
