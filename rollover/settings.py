@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from types import ModuleType
 from typing import Any
 
 
@@ -144,8 +145,10 @@ def resolve(
     namespace = config_namespace(cfg) if namespace is None else namespace
     environ = os.environ if environ is None else environ
     unknown = sorted(
-        key for key in namespace
+        key for key, value in namespace.items()
+        # `from rollover import hooks as rollover_hooks` is a module, not a setting
         if key.startswith("rollover_") and key not in NAMES
+        and not isinstance(value, ModuleType) and not callable(value)
     ) + sorted(
         key for key in environ
         if key.startswith("ROLLOVER_") and key.lower() not in NAMES

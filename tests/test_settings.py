@@ -67,6 +67,13 @@ def test_bad_values_are_one_line_errors(namespace: dict[str, object],
     assert "\n" not in str(info.value)
 
 
+def test_modules_and_functions_named_rollover_are_not_settings() -> None:
+    import rollover.hooks as rollover_hooks
+
+    resolve(gunicorn_cfg(), {"rollover_hooks": rollover_hooks,
+                             "rollover_on_starting": rollover_hooks.on_starting}, {})
+
+
 def test_every_setting_has_a_documented_name() -> None:
     assert set(NAMES) == {
         "rollover_ready_timeout", "rollover_max_surge", "rollover_status_path",
