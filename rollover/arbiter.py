@@ -288,8 +288,27 @@ class RollingArbiter(Arbiter):
 
     # -- status ------------------------------------------------------------------------------
 
-    def _write_status(self) -> None:
+    def maybe_promote_master(self) -> None:
+        before = self._status_path()
+        super().maybe_promote_master()
+        after = self._status_path()
+        if before is not None and before != after:
+            # promoted after USR2: the status moves with the pidfile
+            with contextlib.suppress(OSError):
+                os.unlink(before)
+            self._write_status()
+
+    def _status_path(self) -> str | None:
+        """The configured path; the default follows the pidfile gunicorn really writes,
+        which is `<pidfile>.2` for a master started by USR2 until it is promoted."""
         path = self.settings.status_path
+        if (path is not None and self.pidfile is not None and self.cfg.pidfile
+                and path == status.default_status_path(self.cfg.pidfile)):
+            return status.default_status_path(self.pidfile.fname)
+        return path
+
+    def _write_status(self) -> None:
+        path = self._status_path()
         if path is None:
             return
         offset = time.time() - time.monotonic()

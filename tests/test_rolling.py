@@ -55,6 +55,7 @@ def roll_done(before: int) -> Callable[[Status], bool]:
     """The roll covering a HUP sent when the status said `reloads == before` has ended.
 
     (A superseded roll is not an end: the roll that replaced it is followed instead.)
+    Settled also means no retired worker is still draining.
     """
 
     def check(st: Status) -> bool:
@@ -64,6 +65,8 @@ def roll_done(before: int) -> Callable[[Status], bool]:
             and isinstance(last.get("reload"), int)
             and last["reload"] > before
             and last.get("result") != "superseded"
+            # retired workers may still drain after the roll ended
+            and all(w["state"] != "draining" for w in st["workers"])
         )
 
     return check
