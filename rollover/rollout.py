@@ -65,6 +65,13 @@ class Kill:
 
 
 @dataclass(frozen=True)
+class RollBack:
+    """Make the master fork `generation`'s code again (it kept that code: preload_app)."""
+
+    generation: int
+
+
+@dataclass(frozen=True)
 class Log:
     level: str  # "debug" | "info" | "warning" | "error"
     message: str
@@ -78,7 +85,7 @@ class Halt:
     exit_code: int
 
 
-Action = Spawn | Retire | Kill | Log | Halt
+Action = Spawn | Retire | Kill | RollBack | Log | Halt
 
 
 # -- state ---------------------------------------------------------------------------------
@@ -114,6 +121,9 @@ class Rollout:
     result: Result | None = None
     error: str | None = None
     finished: float | None = None
+    can_roll_back: bool = False
+    is_rollback: bool = False
+    rollback: str | None = None  # on an aborted roll: "running", "succeeded", "failed: ..."
 
 
 # Exit codes gunicorn gives a worker that could not boot / could not load the app.
@@ -126,6 +136,8 @@ class Machine:
     policy: Policy
     target: int
     generation: int = 0
+    spawn_generation: int = 0  # the code the master forks now (behind after a rollback)
+    stable_generation: int = 0  # the generation last rolled out completely
     reloads: int = 0
     workers: dict[int, Worker] = field(default_factory=dict)
     rollout: Rollout | None = None
@@ -158,18 +170,24 @@ class Machine:
 
     # -- events --------------------------------------------------------------------------
 
-    def reload_started(self, now: float) -> None:
-        """A HUP whose preparation (config, import refresh) succeeded: roll to new code."""
+    def reload_started(self, now: float, can_roll_back: bool = False) -> None:
+        """A HUP whose preparation (config, import refresh) succeeded: roll to new code.
+
+        `can_roll_back`: the master kept the stable generation's code (preload_app), so an
+        aborted roll can refill with it and end on one consistent generation.
+        """
         self.reloads += 1
         if self.rollout is not None:
             self._finish(now, Result.SUPERSEDED, "superseded by a newer reload")
         self.generation += 1
-        self.rollout = Rollout(self.generation, self.reloads, now, self.ready_count)
+        self.spawn_generation = self.generation
+        self.rollout = Rollout(self.generation, self.reloads, now, self.ready_count,
+                               can_roll_back=can_roll_back)
         self.failures, self.next_spawn_at = 0, 0.0
         self._log("info", f"rolling to generation {self.generation}: "
                           f"{self.target} workers, max surge {self.policy.max_surge}")
         for w in self._live(WorkerState.BOOTING):
-            if w.generation < self.generation:
+            if w.generation != self.generation:
                 self._kill(now, w, f"boots generation {w.generation}, superseded")
 
     def reload_failed(self, now: float, error: str) -> None:
@@ -198,7 +216,7 @@ class Machine:
         if self.rollout is not None and w.generation == self.rollout.generation:
             new_ready = self._new_ready()
             self._log("info", f"worker {pid} ready: {new_ready}/{self.target} "
-                              f"workers on generation {self.generation}")
+                              f"workers on generation {w.generation}")
 
     def failed(self, pid: int, cause: str) -> None:
         """The worker reported why it cannot boot; its exit follows."""
@@ -256,7 +274,7 @@ class Machine:
         if roll is None:
             return
         old = [w for w in self.workers.values()
-               if w.generation < roll.generation and w.state is not WorkerState.DRAINING]
+               if w.generation != roll.generation and w.state is not WorkerState.DRAINING]
         if not old and self._new_ready() >= self.target:
             self._finish(now, Result.SUCCEEDED, None)
 
@@ -268,9 +286,10 @@ class Machine:
             surplus = min(surplus, self.policy.max_draining - draining)
         if surplus <= 0:
             return
-        # Old generations first, then the oldest: the roll retires one old worker for
-        # each new one that became READY.
-        ready.sort(key=lambda w: (w.generation, w.spawned))
+        # Workers the roll replaces first, then older generations, then the oldest: the
+        # roll retires one old worker for each new one that became READY.
+        goal = self.rollout.generation if self.rollout is not None else None
+        ready.sort(key=lambda w: (w.generation == goal, w.generation, w.spawned))
         for w in ready[:surplus]:
             w.state, w.since = WorkerState.DRAINING, now
             self._out.append(Retire(w.pid))
@@ -294,7 +313,7 @@ class Machine:
                 return
             count = 1
         self.pending_spawns += count
-        self._out.extend(Spawn(self.generation) for _ in range(count))
+        self._out.extend(Spawn(self.spawn_generation) for _ in range(count))
 
     def _observe(self) -> None:
         roll = self.rollout
@@ -329,20 +348,43 @@ class Machine:
         roll = self.rollout
         assert roll is not None
         for w in self._live(WorkerState.BOOTING):
-            if w.generation >= roll.generation:
+            if w.generation == roll.generation:
                 self._kill(now, w, "its roll was aborted")
         self._finish(now, Result.ABORTED, cause)
-        # The code on disk is what failed: refill missing slots, if any, with backoff.
-        self._back_off(now)
+        if roll.is_rollback:
+            self._back_off(now)
+            self._log("error", f"rollback to generation {roll.generation} failed: {cause}")
+            return
         self._log("error", f"rollout of generation {roll.generation} aborted: {cause}")
+        if roll.can_roll_back:
+            # The master still holds the stable code: go back to one consistent generation.
+            self._out.append(RollBack(self.stable_generation))
+            self.spawn_generation = self.stable_generation
+            roll.rollback = "running"
+            self.rollout = Rollout(self.stable_generation, roll.reload, now, self.ready_count,
+                                   is_rollback=True)
+            self._log("info", f"rolling back to generation {self.stable_generation}")
+        else:
+            # The code on disk is what failed: refill missing slots, if any, with backoff.
+            self._back_off(now)
 
     def _finish(self, now: float, result: Result, error: str | None) -> None:
         roll = self.rollout
         assert roll is not None
         self._observe()
         roll.result, roll.error, roll.finished = result, error, now
-        self.last_rollout, self.rollout = roll, None
+        self.rollout = None
+        if roll.is_rollback:
+            # A rollback is part of the aborted roll's record, not a rollout of its own.
+            if self.last_rollout is not None:
+                self.last_rollout.rollback = (f"{result}: {error}" if result is Result.ABORTED
+                                              else str(result))
+            if result is Result.SUCCEEDED:
+                self._log("info", f"rolled back to generation {roll.generation}")
+            return
+        self.last_rollout = roll
         if result is Result.SUCCEEDED:
+            self.stable_generation = roll.generation
             self._log("info", f"rollout of generation {roll.generation} succeeded in "
                               f"{now - roll.started:.2f}s (min ready {roll.min_ready})")
         elif result is Result.SUPERSEDED:
@@ -376,7 +418,11 @@ class Machine:
 
         current = record(self.rollout)
         if current is not None:
-            current.update(new_ready=self._new_ready(), target=self.target)
+            current.update(new_ready=self._new_ready(), target=self.target,
+                           kind="rollback" if self.rollout.is_rollback else "rollout")
+        last = record(self.last_rollout)
+        if last is not None:
+            last["rollback"] = self.last_rollout.rollback
         return {
             "generation": self.generation,
             "state": self.state,
@@ -386,5 +432,5 @@ class Machine:
                          "since": wall(w.since)}
                         for w in sorted(self.workers.values(), key=lambda w: w.spawned)],
             "rollout": current,
-            "last_rollout": record(self.last_rollout),
+            "last_rollout": last,
         }

@@ -28,6 +28,7 @@ from rollover.rollout import (
     Policy,
     Result,
     Retire,
+    RollBack,
     Spawn,
     WorkerState,
 )
@@ -88,8 +89,8 @@ class Driver:
 
     # -- events, as the arbiter feeds them -------------------------------------------------
 
-    def reload(self) -> None:
-        self.machine.reload_started(self.now)
+    def reload(self, *, can_roll_back: bool = False) -> None:
+        self.machine.reload_started(self.now, can_roll_back=can_roll_back)
         self._check()
 
     def reload_failed(self, error: str) -> None:
@@ -1031,7 +1032,7 @@ def test_describe_during_a_roll():
     ]
     assert status["rollout"] == {
         "generation": 1, "reload": 1, "result": None, "error": None, "min_ready": 2,
-        "started": "T+10", "finished": None, "new_ready": 1, "target": 2,
+        "started": "T+10", "finished": None, "new_ready": 1, "target": 2, "kind": "rollout",
     }
     assert status["last_rollout"] is None
 
@@ -1050,5 +1051,84 @@ def test_describe_after_an_aborted_roll():
     assert status["rollout"] is None
     assert status["last_rollout"] == {
         "generation": 1, "reload": 1, "result": "aborted", "error": CAUSE, "min_ready": 2,
-        "started": "T+10", "finished": "T+13",
+        "started": "T+10", "finished": "T+13", "rollback": None,
     }
+
+
+# -- rollback (preload_app: the master kept the stable generation's code) --------------------
+
+
+def test_aborted_roll_with_rollback_returns_to_one_consistent_generation():
+    d = booted(target=3)
+    d.reload(can_roll_back=True)
+    (first,) = d.tick().spawned
+    d.ready(first)
+    step = d.tick()
+    (retired,) = step.retired  # one slot already handed to generation 1
+    (second,) = step.spawned
+    d.exit(retired)
+
+    d.fail(second, CAUSE)
+    step = d.tick()
+
+    assert RollBack(0) in step.actions
+    assert d.machine.last_rollout.result is Result.ABORTED
+    assert d.machine.last_rollout.rollback == "running"
+    assert d.machine.rollout.is_rollback
+    assert [a.generation for a in step.actions if isinstance(a, Spawn)] == [0]
+    d.settle()
+    assert d.generations() == [0, 0, 0]
+    assert d.machine.last_rollout.rollback == "succeeded"
+    assert d.machine.last_rollout.result is Result.ABORTED  # the record stays the abort
+    assert d.machine.state == "idle"
+    assert d.min_ready_rolling == 3
+
+
+def test_rollback_retires_the_new_generations_ready_workers_one_for_one():
+    d = booted(target=2)
+    d.reload(can_roll_back=True)
+    (first,) = d.tick().spawned
+    d.ready(first)
+    (second,) = d.tick().spawned
+    d.exit(*d.pids(DRAINING))
+    d.fail(second, CAUSE)
+    (back,) = d.tick().spawned  # generation 0 again, while `first` keeps serving
+    assert first in d.pids(READY)
+
+    d.ready(back)
+    assert d.tick().retired == [first]
+
+
+def test_without_rollback_an_aborted_roll_keeps_mixed_generations():
+    d = booted(target=2)
+    d.reload()
+    (first,) = d.tick().spawned
+    d.ready(first)
+    (second,) = d.tick().spawned
+    d.exit(*d.pids(DRAINING))
+
+    d.fail(second, CAUSE)
+    step = d.tick()
+
+    assert not any(isinstance(a, RollBack) for a in step.actions)
+    assert d.generations() == [0, 1]
+    assert d.machine.last_rollout.rollback is None
+
+
+def test_a_reload_during_a_rollback_supersedes_it_and_rolls_forward():
+    d = booted(target=2)
+    d.reload(can_roll_back=True)
+    (first,) = d.tick().spawned
+    d.ready(first)
+    (second,) = d.tick().spawned
+    d.exit(*d.pids(DRAINING))
+    d.fail(second, CAUSE)
+    d.tick()
+    assert d.machine.rollout.is_rollback
+
+    d.reload(can_roll_back=True)
+    d.settle()
+
+    assert d.machine.last_rollout.generation == 2
+    assert d.machine.last_rollout.result is Result.SUCCEEDED
+    assert d.generations() == [2, 2]
