@@ -19,7 +19,7 @@ import select
 import signal
 import sys
 import time
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import gunicorn
 from gunicorn import util
@@ -52,6 +52,8 @@ class RollingArbiter(Arbiter):
         self.worker_class = readiness.with_readiness(self.cfg.worker_class)
         self._last_status: dict[str, Any] | None = None
         self._status_error: str | None = None
+        self._stable: tuple[int, _Snapshot] | None = None
+        self.refresh_report: refresh.RefreshReport | None = None
         self._hooks_ran: set[str] = set()
         self._hooks_checked = False
         self.log.info("rollover %s active: %s", rollover.__version__, self.settings.summary)
@@ -144,6 +146,8 @@ class RollingArbiter(Arbiter):
             self.machine.exited(now, pid, "vanished", None)
         for action in self.machine.tick(now, self.num_workers):
             self._execute(action, now)
+        if self._stable is not None and self._stable[0] != self.machine.stable_generation:
+            self._stable = None  # a roll succeeded: its code is the stable one now
         self._write_status()
 
     def _execute(self, action: rollout.Action, now: float) -> None:
@@ -161,6 +165,8 @@ class RollingArbiter(Arbiter):
             case rollout.Kill(pid, reason):
                 self.log.warning("rollover: killing worker %s: %s", pid, reason)
                 self.kill_worker(pid, signal.SIGKILL)
+            case rollout.RollBack(generation):
+                self._roll_back(generation)
             case rollout.Log(level, message):
                 getattr(self.log, level)("rollover: %s", message)
             case rollout.Halt(reason, exit_code):
@@ -199,40 +205,85 @@ class RollingArbiter(Arbiter):
     # -- HUP -------------------------------------------------------------------------------
 
     def handle_hup(self) -> None:
+        """Prepare the new generation (the only step that blocks the loop), then roll."""
         self.log.info("Hang up: %s", self.master_name)
         started = time.monotonic()
-        now = started
+        before = self._snapshot()
         try:
-            error = self._reload_config()
-            if error is None and self.settings.refresh:
-                report = refresh.refresh()
-                self.log.info("rollover: import refresh: %s", report.summary())
+            error = self._prepare()
         except Exception as exc:
             self.log.exception("rollover: reload preparation failed")
             error = readiness.describe_exception(exc)
+        if error is not None:
+            self._restore(before)
+        else:
+            self._commit(before)
         now = time.monotonic()
         self.log.info("rollover: reload prepared in %.3fs", now - started)
         if error is not None:
             self.machine.reload_failed(now, error)
         else:
-            self.machine.reload_started(now)
+            can_roll_back = bool(self.cfg.preload_app)
+            if can_roll_back and self._stable is None:
+                # the code every worker runs when no roll is under way: what a failed
+                # roll goes back to
+                self._stable = (self.machine.stable_generation, before)
+            self.machine.reload_started(now, can_roll_back=can_roll_back)
         if self.dirty_arbiter_pid:
             self.kill_dirty_arbiter(signal.SIGHUP)
         self.manage_workers()
 
-    def _reload_config(self) -> str | None:
-        """gunicorn's `reload()` minus its worker spawning; a failure changes nothing.
+    def _snapshot(self) -> _Snapshot:
+        return _Snapshot(self.app.cfg, sys.modules.get("__config__"), os.getcwd(),
+                         dict(os.environ), refresh.snapshot(),
+                         getattr(self.app, "callable", None))
 
-        Returns None on success, else the one-line cause.
+    def _restore(self, snap: _Snapshot) -> None:
+        self.app.cfg = snap.cfg
+        if snap.config_module is not None:
+            sys.modules["__config__"] = snap.config_module
+        with contextlib.suppress(OSError):
+            os.chdir(snap.cwd)
+        os.environ.clear()
+        os.environ.update(snap.environ)
+        refresh.restore(snap.imports)
+        self.app.callable = snap.app_callable
+
+    def _prepare(self) -> str | None:
+        """Load the new config, refresh imports, re-import a preloaded app.
+
+        Touches nothing the running workers or the next respawn depend on until it has
+        succeeded; returns None, or the one-line cause (the caller restores the snapshot).
         """
-        snapshot = (self.app.cfg, sys.modules.get("__config__"), os.getcwd(),
-                    list(sys.path), dict(os.environ))
-        old_address = self.cfg.address
         for k in self.cfg.env:
             if k in self.cfg.env_orig:
                 os.environ[k] = self.cfg.env_orig[k]
             else:
                 os.environ.pop(k, None)
+        error = self._load_config()
+        if error is not None:
+            return error
+        new_settings = settings.resolve(self.app.cfg)
+        if new_settings.refresh:
+            cfg = self.app.cfg
+            protect = [cfg.chdir, *(os.path.abspath(p) for p in (cfg.pythonpath or "").split(",")
+                                    if p)]
+            try:
+                report = refresh.refresh(timeout=new_settings.refresh_timeout,
+                                         keep=_worker_modules(cfg.worker_class),
+                                         protect_paths=protect)
+            except refresh.RefreshError as exc:
+                return str(exc)
+            self.refresh_report = report
+            self.log.info("rollover: import refresh: %s", report.summary())
+            for item in report.needs_reexec:
+                self.log.warning("rollover: %s: needs a re-exec (kill -USR2) to take effect",
+                                 item)
+        if self.app.cfg.preload_app:
+            error = self._preload()
+        return error
+
+    def _load_config(self) -> str | None:
         captured = io.StringIO()
         real_stderr = sys.stderr
         try:
@@ -242,7 +293,6 @@ class RollingArbiter(Arbiter):
                 self.app.reload()
             finally:
                 sys.stderr = real_stderr
-            new_settings = settings.resolve(self.app.cfg)
         except (Exception, SystemExit) as exc:
             text = captured.getvalue()
             real_stderr.write(text)
@@ -251,40 +301,64 @@ class RollingArbiter(Arbiter):
                 cause = lines[-1] if lines else f"config reload exited with {exc.code}"
             else:
                 cause = readiness.describe_exception(exc)
-            self._restore(snapshot)
             return f"config reload failed: {cause}"
         real_stderr.write(captured.getvalue())
-        self.settings = new_settings
-        readiness.configure(new_settings)
+        return None
+
+    def _preload(self) -> str | None:
+        """preload_app: import the app anew in the master, so new workers fork with it."""
+        uri = getattr(self.app, "app_uri", None) or ""
+        top = uri.split(":", 1)[0].split(".", 1)[0]
+        if top:
+            # the app module itself may be unchanged while what it imports changed
+            for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+                del sys.modules[name]
+        self.app.callable = None
+        try:
+            self.app.wsgi()
+        except BaseException as exc:
+            if not isinstance(exc, Exception | SystemExit):
+                raise
+            self.log.exception("rollover: preloading the new app failed")
+            return f"preloading the app failed: {readiness.describe_exception(exc)}"
+        return None
+
+    def _commit(self, before: _Snapshot) -> None:
+        """gunicorn's `reload()` side effects, minus its spawning of N workers at once."""
+        old_address = before.cfg.address
+        self.settings = settings.resolve(self.app.cfg)
+        readiness.configure(self.settings)
         self.machine.policy = self._policy()
         self.setup(self.app)
         self.log.reopen_files()
         if old_address != self.cfg.address:
-            for lnr in self.LISTENERS:
-                lnr.close()
             from gunicorn import sock
 
+            for lnr in self.LISTENERS:
+                lnr.close()
             self.LISTENERS = sock.create_sockets(self.cfg, self.log)
             self.log.info("Listening at: %s", ",".join(str(lnr) for lnr in self.LISTENERS))
-        self.cfg.on_reload(self)
+        try:
+            self.cfg.on_reload(self)
+        except Exception:
+            self.log.exception("on_reload hook failed")
         if self.pidfile is not None:
             self.pidfile.unlink()
         if self.cfg.pidfile is not None:
             self.pidfile = Pidfile(self.cfg.pidfile)
             self.pidfile.create(self.pid)
         util._setproctitle(f"master [{self.proc_name}]")
-        return None
 
-    def _restore(self, snapshot: tuple[Any, ...]) -> None:
-        cfg, config_module, cwd, path, environ = snapshot
-        self.app.cfg = cfg
-        if config_module is not None:
-            sys.modules["__config__"] = config_module
-        with contextlib.suppress(OSError):
-            os.chdir(cwd)
-        sys.path[:] = path
-        os.environ.clear()
-        os.environ.update(environ)
+    def _roll_back(self, generation: int) -> None:
+        """Fork the stable generation's code again (preload_app kept it)."""
+        if self._stable is None:
+            self.log.error("rollover: no code of generation %s kept to roll back to", generation)
+            return
+        _, snap = self._stable
+        self._stable = None
+        refresh.restore(snap.imports)
+        self.app.callable = snap.app_callable
+        self.log.warning("rollover: restored generation %s's code in the master", generation)
 
     # -- status ------------------------------------------------------------------------------
 
@@ -340,6 +414,23 @@ class RollingArbiter(Arbiter):
             return
         self._status_error = None
         self._last_status = data
+
+
+class _Snapshot(NamedTuple):
+    """What a HUP may change in the master, to put back when it fails."""
+
+    cfg: Any
+    config_module: Any
+    cwd: str
+    environ: dict[str, str]
+    imports: refresh.ImportSnapshot
+    app_callable: Any
+
+
+def _worker_modules(worker_class: type) -> set[str]:
+    """Top-level packages the worker class comes from: never purged on refresh."""
+    return {c.__module__.split(".", 1)[0] for c in worker_class.__mro__
+            if c.__module__ != "builtins"}
 
 
 def _describe_exit(wstatus: int) -> tuple[str, int | None]:
