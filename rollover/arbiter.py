@@ -54,6 +54,7 @@ class RollingArbiter(Arbiter):
         self._status_error: str | None = None
         self._stable: tuple[int, _Snapshot] | None = None
         self.refresh_report: refresh.RefreshReport | None = None
+        self._reported_rollout: rollout.Rollout | None = None
         self._hooks_ran: set[str] = set()
         self._hooks_checked = False
         self.log.info("rollover %s active: %s", rollover.__version__, self.settings.summary)
@@ -148,7 +149,22 @@ class RollingArbiter(Arbiter):
             self._execute(action, now)
         if self._stable is not None and self._stable[0] != self.machine.stable_generation:
             self._stable = None  # a roll succeeded: its code is the stable one now
+        self._emit_metrics()
         self._write_status()
+
+    def _emit_metrics(self) -> None:
+        """Roll events through gunicorn's own instrumentation (`--statsd-host`)."""
+        last = self.machine.last_rollout
+        if last is None or last is self._reported_rollout:
+            return
+        self._reported_rollout = last
+        self._metric(f"rollover.rollouts.{last.result}", 1, "counter")
+        if last.finished is not None:
+            self._metric("rollover.rollout.duration", (last.finished - last.started) * 1000,
+                         "histogram")
+
+    def _metric(self, name: str, value: float, mtype: str) -> None:
+        self.log.debug("", extra={"metric": name, "value": value, "mtype": mtype})
 
     def _execute(self, action: rollout.Action, now: float) -> None:
         match action:
@@ -229,6 +245,7 @@ class RollingArbiter(Arbiter):
                 # roll goes back to
                 self._stable = (self.machine.stable_generation, before)
             self.machine.reload_started(now, can_roll_back=can_roll_back)
+            self._metric("rollover.rollouts.started", 1, "counter")
         if self.dirty_arbiter_pid:
             self.kill_dirty_arbiter(signal.SIGHUP)
         self.manage_workers()
@@ -348,6 +365,15 @@ class RollingArbiter(Arbiter):
             self.pidfile = Pidfile(self.cfg.pidfile)
             self.pidfile.create(self.pid)
         util._setproctitle(f"master [{self.proc_name}]")
+
+    def reexec(self) -> None:
+        """USR2: exec `rollover_reexec_python` (e.g. `/srv/app/current/venv/bin/python`, a
+        path through the release symlink) instead of the interpreter this master runs."""
+        python = self.settings.reexec_python
+        if python:
+            self.START_CTX[0] = python
+            self.START_CTX["args"][0] = python
+        super().reexec()
 
     def _roll_back(self, generation: int) -> None:
         """Fork the stable generation's code again (preload_app kept it)."""

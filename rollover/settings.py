@@ -83,6 +83,8 @@ class Settings:
     """Seconds the HUP-time refresh may block the master (its fresh interpreter)."""
     probe_path: str | None
     """A path a new worker requests from its own app, in-process, before it is READY."""
+    reexec_python: str | None
+    """The interpreter USR2 execs (default: the one this master runs)."""
 
     @property
     def summary(self) -> str:
@@ -121,6 +123,7 @@ _SPECS: dict[str, tuple[Callable[[str, Any], Any], Callable[[Any], Any]]] = {
         lambda cfg: 10.0,
     ),
     "probe_path": (_probe_path, lambda cfg: None),
+    "reexec_python": (_path, lambda cfg: None),
 }
 
 NAMES = tuple(f"rollover_{name}" for name in _SPECS)
