@@ -277,28 +277,34 @@ class RollingArbiter(Arbiter):
                 os.environ[k] = self.cfg.env_orig[k]
             else:
                 os.environ.pop(k, None)
+        # Refresh first: a config file that imports a package then gets its new version.
+        if self.settings.refresh:
+            error = self._refresh()
+            if error is not None:
+                return error
         error = self._load_config()
         if error is not None:
             return error
-        new_settings = settings.resolve(self.app.cfg)
-        if new_settings.refresh:
-            cfg = self.app.cfg
-            protect = [cfg.chdir, *(os.path.abspath(p) for p in (cfg.pythonpath or "").split(",")
-                                    if p)]
-            try:
-                report = refresh.refresh(timeout=new_settings.refresh_timeout,
-                                         keep=_worker_modules(cfg.worker_class),
-                                         protect_paths=protect)
-            except refresh.RefreshError as exc:
-                return str(exc)
-            self.refresh_report = report
-            self.log.info("rollover: import refresh: %s", report.summary())
-            for item in report.needs_reexec:
-                self.log.warning("rollover: %s: needs a re-exec (kill -USR2) to take effect",
-                                 item)
+        settings.resolve(self.app.cfg)  # a bad rollover_* value fails the reload here
         if self.app.cfg.preload_app:
             error = self._preload()
         return error
+
+    def _refresh(self) -> str | None:
+        cfg = self.cfg
+        protect = [cfg.chdir, *(os.path.abspath(p) for p in (cfg.pythonpath or "").split(",")
+                                if p)]
+        try:
+            report = refresh.refresh(timeout=self.settings.refresh_timeout,
+                                     keep=_worker_modules(cfg.worker_class),
+                                     protect_paths=protect)
+        except refresh.RefreshError as exc:
+            return str(exc)
+        self.refresh_report = report
+        self.log.info("rollover: import refresh: %s", report.summary())
+        for item in report.needs_reexec:
+            self.log.warning("rollover: %s: needs a re-exec (kill -USR2) to take effect", item)
+        return None
 
     def _load_config(self) -> str | None:
         captured = io.StringIO()
@@ -424,6 +430,7 @@ class RollingArbiter(Arbiter):
                          "max_draining": self.settings.max_draining,
                          "probe_path": self.settings.probe_path},
             **self.machine.describe(lambda t: status.iso(t + offset)),
+            "refresh": self.refresh_report.as_dict() if self.refresh_report else None,
         }
         if data == self._last_status:
             return
