@@ -153,6 +153,12 @@ class RollingArbiter(Arbiter):
         self._write_status()
 
     def _emit_metrics(self) -> None:
+        count = len(self.WORKERS)
+        if count != self._last_logged_active_worker_count:
+            # gunicorn's own gauge, which its manage_workers (replaced here) sends
+            self._last_logged_active_worker_count = count
+            self.log.debug(f"{count} workers", extra={"metric": "gunicorn.workers",
+                                                      "value": count, "mtype": "gauge"})
         """Roll events through gunicorn's own instrumentation (`--statsd-host`)."""
         last = self.machine.last_rollout
         if last is None or last is self._reported_rollout:
@@ -424,11 +430,16 @@ class RollingArbiter(Arbiter):
             "rollover": rollover.__version__,
             "gunicorn": gunicorn.__version__,
             "status_path": path,
+            "python": {"executable": sys.executable,
+                       "implementation": sys.implementation.name,
+                       "version": ".".join(map(str, sys.version_info[:3])),
+                       "prefix": sys.prefix},
             "settings": {"ready_timeout": self.settings.ready_timeout,
                          "max_surge": self.settings.max_surge,
                          "graceful_timeout": self.settings.graceful_timeout,
                          "max_draining": self.settings.max_draining,
-                         "probe_path": self.settings.probe_path},
+                         "probe_path": self.settings.probe_path,
+                         "reexec_python": self.settings.reexec_python},
             **self.machine.describe(lambda t: status.iso(t + offset)),
             "refresh": self.refresh_report.as_dict() if self.refresh_report else None,
         }

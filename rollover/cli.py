@@ -2,6 +2,7 @@
 
     rollover status --pidfile /run/app/gunicorn.pid [--json]
     rollover reload --pidfile /run/app/gunicorn.pid [--wait [--timeout 300]]
+    rollover deploy --pidfile /run/app/gunicorn.pid --root /srv/app --source DIR ...
 
 The tool never signals a pid it has not validated: the pidfile must name a live process,
 that process must be a gunicorn master, and the master's status file must name the same
@@ -369,9 +370,9 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"rollover {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
+    def command(name: str, help: str, epilog: str = EPILOG) -> argparse.ArgumentParser:
         sub = commands.add_parser(
-            name, help=help, description=help, epilog=EPILOG,
+            name, help=help, description=help, epilog=epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         sub.add_argument("--pidfile", required=True, metavar="F",
@@ -393,6 +394,14 @@ def build_parser() -> Parser:
                         help=f"with --wait: give up after SECONDS (default {DEFAULT_TIMEOUT:g}), "
                         f"exit {EXIT_TIMEOUT}")
     reload.set_defaults(run=cmd_reload)
+
+    from rollover import deploy as deploy_command  # imported here: it imports this module
+
+    deploy = command("deploy", "build a release into <root>/releases, preflight it, switch "
+                     "<root>/current to it and reload the master with no downtime (HUP or "
+                     "USR2 handoff); roll back on failure", epilog=deploy_command.EPILOG)
+    deploy_command.add_arguments(deploy)
+    deploy.set_defaults(run=deploy_command.run)
     return parser
 
 

@@ -40,7 +40,22 @@ ensure_venv() {
     fi
 }
 
+# nginx for tests/test_deploy_fleet.py (skipped without it, failed under CI=true)
+ensure_nginx() {
+    if command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]]; then
+        return
+    fi
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "scripts/test.sh: installing nginx with apt-get (for the fleet deploy test)" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null || true
+        apt-get install -y -qq --no-install-recommends nginx >/dev/null \
+            || echo "scripts/test.sh: could not install nginx; the fleet test will skip (fail under CI=true)" >&2
+    fi
+}
+
 ensure_venv
+ensure_nginx
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[asgi,test]'
 
 "$VENV/bin/ruff" check .
