@@ -1,4 +1,4 @@
-"""Starlette demo app: ``gunicorn -k uvicorn_worker.UvicornWorker demo_app.asgi:app``."""
+"""Starlette demo app: ``gunicorn -c python:rollover.hooks -k rollover.workers.UvicornWorker demo_app.asgi:app``."""
 
 from __future__ import annotations
 

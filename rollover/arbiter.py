@@ -50,6 +50,7 @@ class RollingArbiter(Arbiter):
         _register_fork_cleanup(self)
         self.machine = rollout.Machine(self._policy(), target=self.num_workers)
         self.worker_class = readiness.with_readiness(self.cfg.worker_class)
+        self._warn_about_worker_class()
         self._last_status: dict[str, Any] | None = None
         self._status_error: str | None = None
         self._stable: tuple[int, _Snapshot] | None = None
@@ -72,9 +73,18 @@ class RollingArbiter(Arbiter):
     # -- gunicorn's main loop, extended ---------------------------------------------------
 
     def setup(self, app: Any) -> None:
+        old = getattr(self, "cfg", None) and self.cfg.worker_class
         super().setup(app)
         # gunicorn resets worker_class from the config on every reload
         self.worker_class = readiness.with_readiness(self.cfg.worker_class)
+        if hasattr(self, "machine") and self.cfg.worker_class is not old:
+            self._warn_about_worker_class()
+
+    def _warn_about_worker_class(self) -> None:
+        from rollover.workers import check_worker_class
+
+        for line in check_worker_class(self.cfg.worker_class):
+            self.log.warning(line)
 
     def signal(self, sig: int, frame: Any) -> None:
         self.SIG_QUEUE.put_nowait(sig)

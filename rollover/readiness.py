@@ -6,14 +6,39 @@ from concurrent workers never interleave. READY is sent on the worker's first he
 (`Worker.notify`), which every gunicorn worker class calls once its serving loop runs:
 after the app is loaded and, for ASGI workers, after lifespan startup completed (an app
 without lifespan support still reaches the loop, so READY never hangs on it).
+
+Readiness probe (`rollover_probe_path`): before a new worker accepts on the shared
+listener, it sends its own app one in-process request, `GET <probe_path>` (never through
+the socket, where an old worker could answer):
+
+- WSGI workers (`sync`, `gthread`, ...): the app is called with a synthetic environ
+  (HTTP/1.1, `Host` and `SERVER_NAME`/`SERVER_PORT` of the first listener,
+  `User-Agent: rollover-probe`) in the worker's main thread, before its serving loop.
+- ASGI workers (gunicorn's `asgi`, uvicorn's, and rollover's classes in `rollover.workers`):
+  an `http` scope goes through the app once lifespan startup completed (when the app sends
+  `lifespan.startup.complete`, before the server sees it, so before it starts serving),
+  carrying a copy of the lifespan `state` like every real request. An app without lifespan
+  support is probed when its lifespan call ends, still before the server starts serving.
+
+A 2xx answer makes the worker go on to READY. Anything else (another status, an
+exception, no response, or no complete answer before the worker's ready timeout runs
+out) is a failure: the worker reports the cause to the master (e.g. `readiness probe GET
+/healthz answered 500`) and exits with `PROBE_FAILED_EXIT_CODE` (3, gunicorn's
+`WORKER_BOOT_ERROR`; ASGI workers exit through their servers' lifespan startup failure,
+which uses the same code). The master aborts the roll; the old workers keep serving.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import io
 import json
 import os
-from collections.abc import Callable
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +53,15 @@ _write_fd: int | None = None
 
 # The master's current rollover settings, inherited by each worker at fork.
 settings: Settings | None = None
+
+# A worker whose readiness probe failed exits with this code: gunicorn's WORKER_BOOT_ERROR.
+PROBE_FAILED_EXIT_CODE = 3
+
+PROBE_USER_AGENT = "rollover-probe"
+
+# How much sooner than the master's ready deadline the worker gives up on its probe, so
+# the roll aborts with the probe's own cause rather than "not READY within ...".
+_PROBE_MARGIN = 0.25
 
 
 def configure(current: Settings) -> None:
@@ -101,29 +135,238 @@ def describe_exception(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[-1]}" if text else type(exc).__name__
 
 
-def _watch_lifespan(app: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap an ASGI app so a `lifespan.startup.failed` message is reported with its cause."""
+# -- the readiness probe ------------------------------------------------------------------
+
+
+class _ProbeTimeout(Exception):
+    pass
+
+
+def _split_path(path: str) -> tuple[str, str]:
+    path_only, _, query = path.partition("?")
+    return path_only, query
+
+
+def _probe_failure(path: str, what: str) -> str:
+    return f"readiness probe GET {path} {what}"
+
+
+def probe_wsgi(app: Callable[..., Any], path: str, *, host: str, port: int,
+               timeout: float) -> str | None:
+    """Call a WSGI app with `GET path`; None when it answered 2xx, else the cause.
+
+    Runs in the calling (main) thread; `timeout` is enforced with SIGALRM, whose handler
+    is restored afterwards.
+    """
+    path_only, query = _split_path(path)
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path_only,
+        "QUERY_STRING": query,
+        "RAW_URI": path,
+        "SERVER_NAME": host,
+        "SERVER_PORT": str(port),
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": "0",
+        "HTTP_HOST": f"{host}:{port}",
+        "HTTP_USER_AGENT": PROBE_USER_AGENT,
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    status: list[str] = []
+
+    def start_response(status_line: str, headers: Any, exc_info: Any = None) -> Callable[..., Any]:
+        status[:] = [status_line]
+        return lambda data: None
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise _ProbeTimeout
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, max(timeout, 0.01))
+    try:
+        body = app(environ, start_response)
+        try:
+            for _ in body:
+                pass
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+    except _ProbeTimeout:
+        return _probe_failure(path, f"did not answer within {timeout:.1f}s")
+    except Exception as exc:
+        return _probe_failure(path, f"raised {describe_exception(exc)}")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    if not status:
+        return _probe_failure(path, "returned without calling start_response")
+    return _judge(path, status[0].split(" ", 1)[0])
+
+
+def _judge(path: str, status: Any) -> str | None:
+    try:
+        code = int(status)
+    except (TypeError, ValueError):
+        return _probe_failure(path, f"answered a malformed status {status!r}")
+    if 200 <= code < 300:
+        return None
+    return _probe_failure(path, f"answered {code}")
+
+
+async def probe_asgi(app: Callable[..., Any], path: str, *, state: dict[str, Any] | None,
+                     host: str, port: int, timeout: float) -> str | None:
+    """Send an ASGI app one `http` request, `GET path`; None when it answered 2xx."""
+    path_only, query = _split_path(path)
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path_only,
+        "raw_path": path_only.encode("utf-8", "replace"),
+        "query_string": query.encode("utf-8", "replace"),
+        "root_path": "",
+        "headers": [(b"host", f"{host}:{port}".encode("latin-1", "replace")),
+                    (b"user-agent", PROBE_USER_AGENT.encode())],
+        "client": ("127.0.0.1", 0),
+        "server": (host, port),
+    }
+    if state is not None:
+        scope["state"] = dict(state)
+    status: list[Any] = []
+    answered = asyncio.Event()
+    request_sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal request_sent
+        if not request_sent:
+            request_sent = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await answered.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message.get("type") == "http.response.start":
+            status[:] = [message.get("status")]
+        elif message.get("type") == "http.response.body" and not message.get("more_body"):
+            answered.set()
+
+    task = asyncio.ensure_future(app(scope, receive, send))
+    waiter = asyncio.ensure_future(answered.wait())
+    try:
+        await asyncio.wait({task, waiter}, timeout=max(timeout, 0.01),
+                           return_when=asyncio.FIRST_COMPLETED)
+        if answered.is_set() and not task.done():
+            # the response is complete: let the app return (background tasks and all)
+            await asyncio.wait({task}, timeout=1.0)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        assert exc is not None
+        return _probe_failure(path, f"raised {describe_exception(exc)}")
+    if not answered.is_set():
+        if not task.done() or task.cancelled():
+            return _probe_failure(path, f"did not answer within {timeout:.1f}s")
+        return _probe_failure(path, "returned without a complete response")
+    return _judge(path, status[0] if status else None)
+
+
+def _listener_address(sockets: list[Any]) -> tuple[str, int]:
+    """(host, port) of the first TCP listener, for the probe's Host and SERVER_NAME."""
+    for sock in sockets:
+        with contextlib.suppress(OSError, AttributeError, TypeError, ValueError):
+            name = sock.getsockname()
+            if isinstance(name, tuple) and len(name) >= 2:
+                host = str(name[0])
+                if host in ("0.0.0.0", "::", ""):
+                    host = "localhost"
+                elif ":" in host:
+                    host = f"[{host}]"
+                return host, int(name[1])
+    return "localhost", 80
+
+
+# async (app, lifespan state) -> the failure's cause, or None
+Probe = Callable[[Callable[..., Any], dict[str, Any] | None], Awaitable[str | None]]
+
+
+def _watch_lifespan(app: Callable[..., Any], probe: Probe | None = None) -> Callable[..., Any]:
+    """Wrap an ASGI app: report `lifespan.startup.failed` with its cause, and run `probe`
+    (if any) once startup completed, before the server hears of it.
+
+    A failed probe is reported and turned into `lifespan.startup.failed`, so the server
+    exits the way it does for a failed startup (exit code 3, gunicorn's boot error).
+    """
 
     async def app_with_lifespan_report(scope: dict[str, Any], receive: Any, send: Any) -> Any:
         if scope.get("type") != "lifespan":
             return await app(scope, receive, send)
+        startup_ended = False
+
+        async def probe_failed() -> bool:
+            """Run the probe; on failure report it and fail the startup. True if failed."""
+            assert probe is not None
+            cause = await probe(app, scope.get("state"))
+            if cause is None:
+                return False
+            report("failed", cause)
+            await send({"type": "lifespan.startup.failed", "message": cause})
+            return True
 
         async def send_and_report(message: dict[str, Any]) -> None:
-            if message.get("type") == "lifespan.startup.failed":
+            nonlocal startup_ended
+            kind = message.get("type")
+            if kind == "lifespan.startup.failed":
+                startup_ended = True
                 lines = str(message.get("message") or "").strip().splitlines()
                 report("failed", "lifespan startup failed" + (f": {lines[-1]}" if lines else ""))
+            elif kind == "lifespan.startup.complete":
+                startup_ended = True
+                if probe is not None and await probe_failed():
+                    return
             await send(message)
 
-        return await app(scope, receive, send_and_report)
+        try:
+            result = await app(scope, receive, send_and_report)
+        except Exception:
+            # No lifespan support: the server goes on without it; probe before it serves.
+            if not startup_ended and probe is not None and await probe_failed():
+                return None
+            raise
+        if not startup_ended and probe is not None:
+            await probe_failed()
+        return result
 
     return app_with_lifespan_report
+
+
+def _is_uvicorn_worker(worker: Any) -> bool:
+    """A uvicorn-worker class (by name: importing uvicorn in a WSGI worker costs time)."""
+    return any(f"{c.__module__}.{c.__qualname__}" == "uvicorn_worker._workers.UvicornWorker"
+               for c in type(worker).__mro__)
 
 
 _worker_classes: dict[type, type] = {}
 
 
 def with_readiness(worker_class: type) -> type:
-    """A subclass of a gunicorn worker class that reports READY / failure to the master."""
+    """A subclass of a gunicorn worker class that reports READY / failure to the master,
+    and runs the readiness probe (see the module docstring) when one is configured."""
     if getattr(worker_class, "_rollover_reports", False):
         return worker_class
     cached = _worker_classes.get(worker_class)
@@ -133,6 +376,12 @@ def with_readiness(worker_class: type) -> type:
     class ReportingWorker(worker_class):  # type: ignore[misc, valid-type]
         _rollover_reports = True
         _rollover_ready = False
+        _rollover_asgi = False
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # Runs in the master right before the fork: the master's ready clock starts now.
+            self._rollover_spawned_at = time.monotonic()
 
         def notify(self) -> None:
             super().notify()
@@ -142,11 +391,67 @@ def with_readiness(worker_class: type) -> type:
 
         def load_wsgi(self) -> None:
             super().load_wsgi()
-            # uvicorn's worker keeps the ASGI app in .wsgi, gunicorn's asgi worker in .asgi
+            # gunicorn's asgi worker keeps the ASGI app in .asgi; uvicorn's worker keeps it
+            # in .wsgi and is wrapped in run(), after uvicorn adapted the app's interface.
             if getattr(self, "asgi", None) is not None:
-                self.asgi = _watch_lifespan(self.asgi)
-            elif any(c.__name__ == "UvicornWorker" for c in type(self).__mro__):
-                self.wsgi = _watch_lifespan(self.wsgi)
+                self._rollover_asgi = True
+                self.asgi = _watch_lifespan(self.asgi, self._rollover_asgi_probe())
+            elif _is_uvicorn_worker(self):
+                self._rollover_asgi = True
+
+        def run(self) -> None:
+            path = _probe_path()
+            if _is_uvicorn_worker(self):
+                config = self.config
+                config.app = self.wsgi
+                if not config.loaded:
+                    config.load()
+                config.loaded_app = _watch_lifespan(config.loaded_app,
+                                                    self._rollover_asgi_probe())
+            elif (path is not None and self._rollover_asgi and getattr(self, "loop", None)
+                  and getattr(self.cfg, "asgi_lifespan", "auto") == "off"):
+                # gunicorn's asgi worker with lifespan off: probe before it serves
+                probe = self._rollover_asgi_probe()
+                assert probe is not None
+                cause = self.loop.run_until_complete(probe(self.asgi, None))
+                if cause is not None:
+                    self._rollover_probe_failed(cause, logged=True)
+            elif path is not None and not self._rollover_asgi:
+                host, port = _listener_address(self.sockets)
+                cause = probe_wsgi(self.wsgi, path, host=host, port=port,
+                                   timeout=self._rollover_probe_timeout())
+                if cause is not None:
+                    self._rollover_probe_failed(cause)
+            super().run()
+
+        def _rollover_probe_timeout(self) -> float:
+            ready_timeout = settings.ready_timeout if settings is not None else 30.0
+            left = ready_timeout - (time.monotonic() - self._rollover_spawned_at)
+            return max(0.1, left - _PROBE_MARGIN)
+
+        def _rollover_probe_failed(self, cause: str, logged: bool = False) -> None:
+            report("failed", cause)
+            if not logged:
+                self.log.error("rollover: %s; worker exiting (code %s)", cause,
+                               PROBE_FAILED_EXIT_CODE)
+            sys.exit(PROBE_FAILED_EXIT_CODE)
+
+        def _rollover_asgi_probe(self) -> Probe | None:
+            path = _probe_path()
+            if path is None:
+                return None
+            worker = self
+
+            async def probe(app: Callable[..., Any], state: dict[str, Any] | None) -> str | None:
+                host, port = _listener_address(worker.sockets)
+                cause = await probe_asgi(app, path, state=state, host=host, port=port,
+                                         timeout=worker._rollover_probe_timeout())
+                if cause is not None:
+                    worker.log.error("rollover: %s; worker exiting (code %s)", cause,
+                                     PROBE_FAILED_EXIT_CODE)
+                return cause
+
+            return probe
 
         def init_process(self) -> None:
             try:
@@ -164,3 +469,6 @@ def with_readiness(worker_class: type) -> type:
     _worker_classes[worker_class] = ReportingWorker
     return ReportingWorker
 
+
+def _probe_path() -> str | None:
+    return settings.probe_path if settings is not None else None

@@ -48,6 +48,6 @@ mkdir -p .demo
 echo "reload: kill -HUP \$(cat .demo/gunicorn.pid)   or   $VENV/bin/rollover reload --pidfile .demo/gunicorn.pid --wait"
 echo "status: $VENV/bin/rollover status --pidfile .demo/gunicorn.pid"
 
-exec "$VENV/bin/gunicorn" -c python:rollover.hooks -k uvicorn_worker.UvicornWorker \
+exec "$VENV/bin/gunicorn" -c python:rollover.hooks -k rollover.workers.UvicornWorker \
     -w "${WORKERS:-4}" -b "${BIND:-127.0.0.1:8000}" --pid .demo/gunicorn.pid \
     "$@" demo_app.asgi:app

@@ -72,6 +72,11 @@ def roll_done(before: int) -> Callable[[Status], bool]:
     return check
 
 
+def live_pids(st: Status) -> list[int]:
+    """The status's workers that are not draining (a retired one may still be)."""
+    return [w["pid"] for w in st["workers"] if w["state"] != "draining"]
+
+
 def start_settled(
     masters: Callable[..., Master], app: AppCode, workers: int, **kwargs: Any
 ) -> tuple[Master, Status]:
@@ -133,7 +138,7 @@ def roll_under_load(
     final = master.wait_status(
         roll_done(before["reloads"]), 20 + 4 * workers * boot, f"the roll to {version} to end"
     )
-    done_at = wait_only(master, [w["pid"] for w in final["workers"]])
+    done_at = wait_only(master, live_pids(final))
     load.wait_requests(2 * load.clients, after=done_at)
     return hup_at, done_at, final
 
@@ -176,7 +181,7 @@ def test_uvicorn_roll_under_load(
     boot, workers = 1.0, 3
     app = make_app("asgi")
     app.write("v1", boot_delay=boot)
-    master, _ = start_settled(masters, app, workers, worker_class="uvicorn_worker.UvicornWorker")
+    master, _ = start_settled(masters, app, workers, worker_class="rollover.workers.UvicornWorker")
 
     with Load(master.port, clients=CLIENTS, keepalive=True) as load:
         load.run_for(1.0, min_requests=CLIENTS)
@@ -185,9 +190,9 @@ def test_uvicorn_roll_under_load(
         )
     print("\n" + figures(load, hup_at=hup_at, done_at=done_at, label="rollover uvicorn"))
 
-    # Zero failures on the uvicorn worker's drain is a later issue: reported, not asserted.
+    # rollover's uvicorn worker drains keep-alive connections without failing requests
     problems = check_roll(
-        load, hup_at=hup_at, done_at=done_at, boot=boot, version="v2", ignore_failures=True
+        load, hup_at=hup_at, done_at=done_at, boot=boot, version="v2"
     )
     assert problems == [], f"{problems}\n{load.describe()}{master.tail()}"
     assert final["last_rollout"]["result"] == "succeeded", final
@@ -340,7 +345,7 @@ def test_user_config_replacing_on_starting_is_reported(
 def test_hup_burst_mid_roll_ends_in_one_succeeded_roll(
     make_app: Callable[..., AppCode], masters: Callable[..., Master]
 ) -> None:
-    boot, workers = 1.0, 3
+    boot, workers = 1.5, 3
     app = make_app("wsgi")
     app.write("v1", boot_delay=boot)
     master, before = start_settled(masters, app, workers, worker_class="gthread")
@@ -360,7 +365,7 @@ def test_hup_burst_mid_roll_ends_in_one_succeeded_roll(
             master.hup()
             time.sleep(0.2)  # the burst's pacing (stimulus), not a synchronisation
         final = master.wait_status(roll_done(before["reloads"]), 60, "the burst to settle")
-        done_at = wait_only(master, [w["pid"] for w in final["workers"]])
+        done_at = wait_only(master, live_pids(final))
         load.wait_requests(2 * CLIENTS, after=done_at)
     print("\n" + figures(load, hup_at=hup_at, done_at=done_at, label="rollover HUP burst"))
     print(
@@ -412,5 +417,5 @@ def test_worker_killed_after_ready_mid_roll(
     assert master.alive(), master.tail()
     assert final["state"] != "rolling", final
     assert len(ready_workers(final)) == workers, final
-    wait_only(master, [w["pid"] for w in final["workers"]])
+    wait_only(master, live_pids(final))
     master.wait_serving()
