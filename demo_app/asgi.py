@@ -1,4 +1,8 @@
-"""Starlette demo app: ``gunicorn -c python:rollover.hooks -k rollover.workers.UvicornWorker demo_app.asgi:app``."""
+"""Starlette demo app.
+
+Serve it with ``gunicorn -c python:rollover.hooks -k rollover.workers.UvicornWorker
+demo_app.asgi:app``.
+"""
 
 from __future__ import annotations
 
