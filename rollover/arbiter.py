@@ -301,7 +301,10 @@ class RollingArbiter(Arbiter):
         error = self._load_config()
         if error is not None:
             return error
-        settings.resolve(self.app.cfg)  # a bad rollover_* value fails the reload here
+        try:
+            settings.resolve(self.app.cfg)  # a bad rollover_* value fails the reload here
+        except settings.SettingsError as exc:
+            return f"config reload failed: {exc}"
         if self.app.cfg.preload_app:
             error = self._preload()
         return error
@@ -336,8 +339,12 @@ class RollingArbiter(Arbiter):
             text = captured.getvalue()
             real_stderr.write(text)
             lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+            invalid = [ln for ln in lines if ln.startswith("Invalid value for")]
             if isinstance(exc, SystemExit):
                 cause = lines[-1] if lines else f"config reload exited with {exc.code}"
+                if invalid and invalid[0] != cause:
+                    # gunicorn names the setting on the line before its error
+                    cause = f"{invalid[0]} ({cause.removeprefix('Error: ')})"
             else:
                 cause = readiness.describe_exception(exc)
             return f"config reload failed: {cause}"
@@ -461,7 +468,8 @@ class RollingArbiter(Arbiter):
         except OSError as exc:
             # a full disk or a missing directory must not stop the master: log each new
             # kind of failure once, keep serving, retry on the next change
-            message = f"cannot write status file {path}: {exc}"
+            # not str(exc): it names the random temp file, and each kind is logged once
+            message = f"cannot write status file {path}: {exc.strerror or type(exc).__name__}"
             if message != self._status_error:
                 self.log.error("rollover: %s", message)
                 self._status_error = message
@@ -525,9 +533,13 @@ def _register_fork_cleanup(arbiter: RollingArbiter) -> None:
 
 
 def _after_fork_in_child() -> None:
-    # A worker keeps only the write end of the readiness pipe.
     if _active is None:
         return
+    # Until the worker installs its own handlers, a stop signal must stop it, not land in
+    # the master's signal queue copied into the child.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+    # A worker keeps only the write end of the readiness pipe.
     _active.channel.close_in_child()
     for fd in (_active._wake_r, _active._wake_w):
         with contextlib.suppress(OSError):

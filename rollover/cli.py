@@ -129,7 +129,7 @@ def read_pidfile(pidfile: str) -> int:
         pid = int(text)
     except ValueError:
         raise CliError(f"pidfile {pidfile}: not a pid: {text[:40]!r}") from None
-    if pid <= 0:  # kill(0) or kill(-n) would signal a whole process group
+    if pid <= 0 or pid > 2**31 - 1:  # kill(0) or kill(-n) would signal a process group
         raise CliError(f"pidfile {pidfile}: not a pid: {text[:40]!r}")
     return pid
 

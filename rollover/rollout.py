@@ -99,6 +99,7 @@ class Policy:
     max_draining: int | None = None  # None: no cap
     backoff_base: float = 1.0
     backoff_max: float = 30.0
+    stable_after: float = 10.0  # READY this long without a failure ends the backoff
 
 
 @dataclass
@@ -145,6 +146,7 @@ class Machine:
     pending_spawns: int = 0
     failures: int = 0
     next_spawn_at: float = 0.0
+    last_failure_at: float = float("-inf")
     ever_ready: bool = False
     halted: bool = False
     _out: list[Action] = field(default_factory=list)
@@ -212,7 +214,6 @@ class Machine:
             return
         w.state, w.since = WorkerState.READY, now
         self.ever_ready = True
-        self.failures, self.next_spawn_at = 0, 0.0
         if self.rollout is not None and w.generation == self.rollout.generation:
             new_ready = self._new_ready()
             self._log("info", f"worker {pid} ready: {new_ready}/{self.target} "
@@ -240,6 +241,11 @@ class Machine:
         if in_roll and exit_code != 0:
             self._abort(now, f"worker {pid} of generation {w.generation} "
                              f"{description} after READY")
+        elif exit_code != 0 and now - w.since < self.policy.stable_after:
+            # crashing soon after READY is a crash loop in the making: back off
+            delay = self._back_off(now)
+            self._log("error", f"worker {pid} {description} {now - w.since:.1f}s after "
+                               f"READY; next respawn in {delay:g}s")
         else:
             self._log("warning", f"worker {pid} {description}")
 
@@ -247,6 +253,7 @@ class Machine:
 
     def tick(self, now: float, target: int) -> list[Action]:
         self.target = target
+        self._forgive(now)
         self._enforce_deadlines(now)
         self._maybe_succeed(now)
         self._retire_surplus(now)
@@ -254,6 +261,14 @@ class Machine:
         self._observe()
         out, self._out = self._out, []
         return out
+
+    def _forgive(self, now: float) -> None:
+        """End the backoff once a worker READY since the last failure has stayed up."""
+        if self.failures and any(
+                w.state is WorkerState.READY and w.since > self.last_failure_at
+                and now - w.since >= self.policy.stable_after
+                for w in self.workers.values()):
+            self.failures, self.next_spawn_at = 0, 0.0
 
     def _enforce_deadlines(self, now: float) -> None:
         for w in list(self.workers.values()):
@@ -339,6 +354,7 @@ class Machine:
 
     def _back_off(self, now: float) -> float:
         self.failures += 1
+        self.last_failure_at = now
         delay = min(self.policy.backoff_base * 2 ** (self.failures - 1),
                     self.policy.backoff_max)
         self.next_spawn_at = now + delay

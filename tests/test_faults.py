@@ -355,11 +355,6 @@ def test_bad_config_at_hup_keeps_the_old_config_and_workers(
     assert set(load.versions_after(done_at)) == {"v2"}, load.describe()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a bad gunicorn setting value at HUP is recorded "
-    "without the setting's name ('Error: invalid literal for int()...')",
-)
 def test_bad_config_value_error_names_the_setting(
     make_app: Callable[..., AppCode], masters: Callable[..., Master], tmp_path: Path
 ) -> None:
@@ -577,11 +572,6 @@ def test_new_worker_crashing_after_ready_mid_roll(
     assert set(versions_answering(master)) == {"v3"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a worker that crashes right after READY is "
-    "respawned at once, forever: no backoff (rollout.Machine.ready resets it)",
-)
 def test_crash_loop_after_ready_is_backed_off(
     make_app: Callable[..., AppCode], masters: Callable[..., Master]
 ) -> None:

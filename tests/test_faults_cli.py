@@ -382,11 +382,6 @@ def test_master_survives_an_unwritable_status_path(
     assert_settled_on(master, final, workers)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a status write failure is logged on every "
-    "write, not once: the message names the random temp file",
-)
 def test_status_write_failure_is_logged_once(
     make_app: Callable[..., AppCode], masters: Callable[..., Master]
 ) -> None:
@@ -434,15 +429,7 @@ def test_status_write_failure_is_logged_once(
         (["reload", "--pidfile", "{dir}/garbage.pid"], "not a pid"),
         (["reload", "--pidfile", "{dir}/zero.pid"], "not a pid"),
         (["reload", "--pidfile", "{dir}/negative.pid"], "not a pid"),
-        pytest.param(
-            ["reload", "--pidfile", "{dir}/huge.pid"],
-            "not a pid",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: a pid too large for kill() "
-                "is reported as 'unexpected error: OverflowError'",
-            ),
-        ),
+        (["reload", "--pidfile", "{dir}/huge.pid"], "not a pid"),
     ],
     ids=[
         "unknown-flag",

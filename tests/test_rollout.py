@@ -588,11 +588,13 @@ def test_refill_after_an_abort_waits_for_the_backoff_which_doubles_up_to_max():
         d.fail(probe, CAUSE)
     assert not any(isinstance(a, Halt) for a in d.actions)
 
-    # A READY worker resets the backoff.
+    # A worker READY for `stable_after` seconds ends the backoff.
     probe = assert_next_spawn_after(d, 5.0)
     d.ready(probe)
     d.tick()
     assert d.machine.state == "idle"
+    d.advance(d.policy.stable_after)
+    d.tick()
     d.exit(d.pids(READY, generation=0)[0], code=1)
     (again,) = d.tick().spawned  # immediately: nothing is failing any more
     d.fail(again, CAUSE)
@@ -1132,3 +1134,20 @@ def test_a_reload_during_a_rollback_supersedes_it_and_rolls_forward():
     assert d.machine.last_rollout.generation == 2
     assert d.machine.last_rollout.result is Result.SUCCEEDED
     assert d.generations() == [2, 2]
+
+
+def test_a_worker_crashing_soon_after_ready_is_respawned_with_backoff():
+    d = booted(target=2, backoff_base=1.0, stable_after=20.0)  # READY for 10s so far
+
+    for delay in (1.0, 2.0, 4.0):
+        (victim, _) = d.pids(READY)
+        d.exit(victim, code=1)  # crashes a moment after READY
+        replacement = assert_next_spawn_after(d, delay)
+        d.ready(replacement)
+        d.tick()
+        d.advance(0.5)
+
+    d.advance(20)  # a worker READY this long ends the backoff
+    d.tick()
+    d.exit(d.pids(READY)[0], code=1)  # a crash after a long, healthy run: at once
+    assert len(d.tick().spawned) == 1
