@@ -257,6 +257,7 @@ class Machine:
         self._enforce_deadlines(now)
         self._maybe_succeed(now)
         self._retire_surplus(now)
+        self._maybe_succeed(now)  # the last retirement may have completed the roll
         self._spawn(now)
         self._observe()
         out, self._out = self._out, []

@@ -24,7 +24,7 @@ ensure_nginx() {
 
 ensure_venv
 ensure_nginx
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[asgi,test]'
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[asgi,test,bench]'
 
 "$VENV/bin/ruff" check .
 

@@ -373,10 +373,10 @@ def test_roll_replaces_one_worker_at_a_time_with_max_surge_1():
         assert step.retired == [oldest], "one old worker goes when one new one is READY"
         assert len(step.spawned) == (1 if i < len(old) - 1 else 0)
         assert d.machine.ready_count == 4
+        # the roll ends on the tick that retires the last old worker
+        assert d.machine.state == ("rolling" if i < len(old) - 1 else "idle")
         d.exit(oldest)  # it finished its requests
-        assert d.machine.state == "rolling"
 
-    step = d.tick()
     m = d.machine
     assert m.state == "idle"
     assert m.rollout is None
@@ -463,7 +463,7 @@ def test_roll_retires_old_generations_first_and_the_oldest_first():
     assert retired == [b, c, a2]
 
 
-def test_roll_is_not_done_while_an_old_worker_still_serves():
+def test_roll_is_done_once_no_old_worker_serves():
     d = booted(target=2)
     d.reload()
     (new,) = d.tick().spawned
@@ -471,12 +471,11 @@ def test_roll_is_not_done_while_an_old_worker_still_serves():
     (second,) = d.tick().spawned
     d.ready(second)
 
-    step = d.tick()  # the last old worker is retired on this tick...
+    assert d.machine.state == "rolling"  # an old worker still serves
+    step = d.tick()  # the last old worker is retired: no old worker serves any more
     assert len(step.retired) == 1
-    assert d.machine.state == "rolling"
-
-    d.tick()  # ...and the roll is recorded once it no longer serves
     assert d.machine.last_rollout.result is Result.SUCCEEDED
+    assert any("succeeded" in log.message for log in step.logs)
 
 
 def test_ready_log_counts_new_workers():
