@@ -775,3 +775,63 @@ def figures(load: Load, *, hup_at: float, done_at: float, label: str) -> str:
         f"[{label}]   from HUP on: {during}\n"
         f"[{label}]   versions after roll: {dict(load.versions_after(done_at))}"
     )
+
+
+# --------------------------------------------------------------------------- status helpers
+
+Status = dict[str, Any]
+
+
+def ready_workers(status: Status, generation: int | None = None) -> list[Status]:
+    return [
+        w
+        for w in status["workers"]
+        if w["state"] == "ready" and (generation is None or w["generation"] == generation)
+    ]
+
+
+def booting_workers(status: Status, generation: int | None = None) -> list[Status]:
+    return [
+        w
+        for w in status["workers"]
+        if w["state"] == "booting" and (generation is None or w["generation"] == generation)
+    ]
+
+
+def settled_with(count: int) -> Callable[[Status], bool]:
+    """Not rolling, and exactly `count` workers, all ready."""
+    return lambda st: (
+        st["state"] == "idle" and len(st["workers"]) == count and len(ready_workers(st)) == count
+    )
+
+
+def roll_done(before: int) -> Callable[[Status], bool]:
+    """The roll covering a HUP sent when the status said `reloads == before` has ended.
+
+    (A superseded roll is not an end: the roll that replaced it is followed instead.)
+    Settled also means no retired worker is still draining.
+    """
+
+    def check(st: Status) -> bool:
+        last = st.get("last_rollout") or {}
+        return (
+            st["state"] != "rolling"
+            and isinstance(last.get("reload"), int)
+            and last["reload"] > before
+            and last.get("result") != "superseded"
+            # retired workers may still drain after the roll ended
+            and all(w["state"] != "draining" for w in st["workers"])
+        )
+
+    return check
+
+
+def start_settled(
+    masters: Callable[..., Master], app: AppCode, workers: int, **kwargs: Any
+) -> tuple[Master, Status]:
+    """Start a rollover master and wait until all `workers` are READY (generation 0)."""
+    master = masters(app, workers=workers, **kwargs)
+    master.wait_serving()
+    status = master.wait_status(settled_with(workers), 30, f"{workers} ready workers")
+    assert status["generation"] == 0, status
+    return master, status

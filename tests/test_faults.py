@@ -32,10 +32,16 @@ from harness import (
     AppCode,
     Load,
     Master,
+    Status,
+    booting_workers,
     check_roll,
     figures,
     pid_alive,
+    ready_workers,
+    roll_done,
     run_cli,
+    settled_with,
+    start_settled,
     wait_for,
 )
 
@@ -43,7 +49,6 @@ from rollover.status import StatusError, parse_iso, read_status
 
 pytestmark = pytest.mark.process
 
-Status = dict[str, Any]
 
 CLIENTS = 6
 
@@ -63,51 +68,14 @@ def scaled(count: int, minimum: int) -> int:
     return max(minimum, round(count * soak_scale()))
 
 
-def ready_workers(status: Status, generation: int | None = None) -> list[Status]:
-    return [
-        w
-        for w in status["workers"]
-        if w["state"] == "ready" and (generation is None or w["generation"] == generation)
-    ]
 
 
-def booting_workers(status: Status, generation: int | None = None) -> list[Status]:
-    return [
-        w
-        for w in status["workers"]
-        if w["state"] == "booting" and (generation is None or w["generation"] == generation)
-    ]
 
 
-def settled_with(count: int) -> Callable[[Status], bool]:
-    """Not rolling, exactly `count` workers, all READY."""
-    return lambda st: (
-        st["state"] == "idle" and len(st["workers"]) == count and len(ready_workers(st)) == count
-    )
 
 
-def roll_done(before: int) -> Callable[[Status], bool]:
-    """The roll covering a HUP sent when `reloads` was `before` has ended (not superseded)."""
-
-    def check(st: Status) -> bool:
-        last = st.get("last_rollout") or {}
-        return (
-            st["state"] != "rolling"
-            and isinstance(last.get("reload"), int)
-            and last["reload"] > before
-            and last.get("result") != "superseded"
-        )
-
-    return check
 
 
-def start_settled(
-    masters: Callable[..., Master], app: AppCode, workers: int, **kwargs: Any
-) -> tuple[Master, Status]:
-    master = masters(app, workers=workers, **kwargs)
-    master.wait_serving()
-    status = master.wait_status(settled_with(workers), 30, f"{workers} ready workers")
-    return master, status
 
 
 def wait_children(

@@ -12,7 +12,6 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from harness import (
@@ -20,9 +19,14 @@ from harness import (
     AppCode,
     Load,
     Master,
+    Status,
     check_roll,
     figures,
+    ready_workers,
+    roll_done,
     run_cli,
+    settled_with,
+    start_settled,
     wait_for,
 )
 
@@ -30,46 +34,15 @@ pytestmark = pytest.mark.process
 
 CLIENTS = 8
 
-Status = dict[str, Any]
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def ready_workers(status: Status, generation: int | None = None) -> list[Status]:
-    return [
-        w
-        for w in status["workers"]
-        if w["state"] == "ready" and (generation is None or w["generation"] == generation)
-    ]
 
 
-def settled_with(count: int) -> Callable[[Status], bool]:
-    """Not rolling, and exactly `count` workers, all ready."""
-    return lambda st: (
-        st["state"] == "idle" and len(st["workers"]) == count and len(ready_workers(st)) == count
-    )
 
 
-def roll_done(before: int) -> Callable[[Status], bool]:
-    """The roll covering a HUP sent when the status said `reloads == before` has ended.
-
-    (A superseded roll is not an end: the roll that replaced it is followed instead.)
-    Settled also means no retired worker is still draining.
-    """
-
-    def check(st: Status) -> bool:
-        last = st.get("last_rollout") or {}
-        return (
-            st["state"] != "rolling"
-            and isinstance(last.get("reload"), int)
-            and last["reload"] > before
-            and last.get("result") != "superseded"
-            # retired workers may still drain after the roll ended
-            and all(w["state"] != "draining" for w in st["workers"])
-        )
-
-    return check
 
 
 def live_pids(st: Status) -> list[int]:
@@ -77,15 +50,6 @@ def live_pids(st: Status) -> list[int]:
     return [w["pid"] for w in st["workers"] if w["state"] != "draining"]
 
 
-def start_settled(
-    masters: Callable[..., Master], app: AppCode, workers: int, **kwargs: Any
-) -> tuple[Master, Status]:
-    """Start a rollover master and wait until all `workers` are READY (generation 0)."""
-    master = masters(app, workers=workers, **kwargs)
-    master.wait_serving()
-    status = master.wait_status(settled_with(workers), 30, f"{workers} ready workers")
-    assert status["generation"] == 0, status
-    return master, status
 
 
 def wait_only(master: Master, pids: list[int], timeout: float = 30.0) -> float:
