@@ -22,7 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import REPO, ROLLOVER_CLI, AppCode, Master, children_of, pid_alive, wait_for
+from harness import (
+    REPO,
+    ROLLOVER_CLI,
+    AppCode,
+    Master,
+    children_of,
+    pid_alive,
+    wait_for,
+)
+from harness import group_members as process_group
 
 GUNICORN_LIVE = "27.0.1"  # what the project venv runs
 GUNICORN_OTHER = "27.0.0"  # another 27.x, to force a USR2 handoff
@@ -199,21 +208,6 @@ class ReleaseMaster(Master):
         """The pid the pidfile names now (the master after a USR2 handoff)."""
         return int(self.pidfile.read_text().strip())
 
-
-def process_group(pgid: int) -> list[int]:
-    """Every live process in process group `pgid` (the masters and their workers)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
-            found.append(int(entry))
-    return sorted(found)
 
 
 def stop_live_master(master: ReleaseMaster, timeout: float = 30.0) -> list[int]:

@@ -36,6 +36,7 @@ from harness import (
     booting_workers,
     check_roll,
     figures,
+    group_members,
     pid_alive,
     ready_workers,
     roll_done,
@@ -149,21 +150,6 @@ def rss_kib(pid: int) -> int:
                 return int(line.split()[1])
     raise AssertionError(f"no VmRSS for {pid}")
 
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is `pgid`."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
-            out.append(int(entry))
-    return sorted(out)
 
 
 def log_since(master: Master, offset: int) -> str:

@@ -28,7 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import BIN, AppCode, Load, Master, check_roll, figures, free_port, wait_for
+from harness import (
+    BIN,
+    AppCode,
+    Load,
+    Master,
+    check_roll,
+    figures,
+    free_port,
+    group_members,
+    wait_for,
+)
 
 from rollover.workers import UvicornWorker, check_worker_class, drain_deadline
 
@@ -103,21 +113,6 @@ def roll(master: Master, app: AppCode, load: Load | None, version: str, boot: fl
         load.wait_requests(2 * load.clients, after=done_at)
     return hup_at, done_at, final
 
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group `pgid`."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry))
-    return members
 
 
 # --------------------------------------------------------------------------- long connections
