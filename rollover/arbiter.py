@@ -49,8 +49,7 @@ class RollingArbiter(Arbiter):
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         _register_fork_cleanup(self)
         self.machine = rollout.Machine(self._policy(), target=self.num_workers)
-        self.worker_class = readiness.with_readiness(self.cfg.worker_class)
-        self._warn_about_worker_class()
+        self._extend_worker_class(announce=True)
         self._last_status: dict[str, Any] | None = None
         self._status_error: str | None = None
         self._stable: tuple[int, _Snapshot] | None = None
@@ -76,15 +75,18 @@ class RollingArbiter(Arbiter):
         old = getattr(self, "cfg", None) and self.cfg.worker_class
         super().setup(app)
         # gunicorn resets worker_class from the config on every reload
-        self.worker_class = readiness.with_readiness(self.cfg.worker_class)
-        if hasattr(self, "machine") and self.cfg.worker_class is not old:
-            self._warn_about_worker_class()
+        if hasattr(self, "machine"):
+            self._extend_worker_class(announce=self.cfg.worker_class is not old)
 
-    def _warn_about_worker_class(self) -> None:
+    def _extend_worker_class(self, announce: bool) -> None:
+        """Fork workers of the configured class extended with readiness (and drain);
+        `announce`: log what was added (at start, and when a HUP changed the class)."""
         from rollover.workers import check_worker_class
 
-        for line in check_worker_class(self.cfg.worker_class):
-            self.log.warning(line)
+        self.worker_class = readiness.with_readiness(self.cfg.worker_class)
+        if announce:
+            for line in check_worker_class(self.cfg.worker_class):
+                self.log.warning(line)
 
     def signal(self, sig: int, frame: Any) -> None:
         self.SIG_QUEUE.put_nowait(sig)
