@@ -7,7 +7,9 @@ around it. It runs inside gunicorn's own main loop and never blocks it while rol
 - `manage_workers` asks the machine what to do and does it, then writes the status;
 - `handle_hup` reloads the config and refreshes imports (the only step that may block
   the loop, briefly, logged with its duration), then starts a roll.
-`activate(server)` switches a running `Arbiter` to this class (from `rollover.hooks`).
+`activate(server)` switches a running `Arbiter` to this class (from `rollover.hooks`);
+`RollingArbiter(app)` builds one directly, like gunicorn's `Arbiter(app)`. What differs
+between gunicorn versions lives in `rollover.gunicorn_compat`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import select
 import signal
 import sys
 import time
@@ -28,25 +29,33 @@ from gunicorn.errors import HaltServer
 from gunicorn.pidfile import Pidfile
 
 import rollover
-from rollover import readiness, refresh, rollout, settings, status
+from rollover import gunicorn_compat, readiness, refresh, rollout, settings, status
 
-SUPPORTED_GUNICORN = (27,)
+# HaltServer reasons, as gunicorn words them (tools grep for them)
+_HALT_REASONS = {Arbiter.WORKER_BOOT_ERROR: "Worker failed to boot.",
+                 Arbiter.APP_LOAD_ERROR: "App failed to load."}
 
 
-class RollingArbiter(Arbiter):
+class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid-type]
     """A gunicorn `Arbiter` whose HUP is a rolling, ready-checked, abortable reload."""
 
-    # Set by `_rollover_init` (the subclass is switched in on a running arbiter, so
-    # `__init__` never runs).
+    # Set by `_rollover_init`: from `__init__`, or from `activate` when the class is
+    # switched on a running arbiter (whose `__init__` has run as gunicorn's).
     machine: rollout.Machine
     settings: settings.Settings
     channel: readiness.Channel
+
+    def __init__(self, app: Any) -> None:
+        super().__init__(app)
+        self._rollover_init()
 
     def _rollover_init(self) -> None:
         self.settings = _resolve_or_exit(self)
         readiness.configure(self.settings)
         self.channel = readiness.Channel()
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._init_loop()
+        # pid -> why rollover (or a stop) signalled it: its exit is planned, logged at INFO
+        self._planned: dict[int, str] = {}
         _register_fork_cleanup(self)
         self.machine = rollout.Machine(self._policy(), target=self.num_workers)
         self._extend_worker_class(announce=True)
@@ -88,39 +97,11 @@ class RollingArbiter(Arbiter):
             for line in check_worker_class(self.cfg.worker_class):
                 self.log.warning(line)
 
-    def signal(self, sig: int, frame: Any) -> None:
-        self.SIG_QUEUE.put_nowait(sig)
-        self._wake()
+    # The loop's wait and wake (signal, wakeup, wait_for_signals / sleep) come from
+    # gunicorn_compat.Loop; it calls these two to wake on and hear readiness messages.
 
-    signal_chld = signal
-
-    def wakeup(self) -> None:
-        super().wakeup()
-        self._wake()
-
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b".")
-
-    def wait_for_signals(self, timeout: float = 1.0) -> list[int]:
-        with contextlib.suppress(InterruptedError):
-            select.select([self._wake_r, self.channel.fileno()], [], [], timeout)
-        with contextlib.suppress(OSError):
-            while os.read(self._wake_r, 4096):
-                pass
-        signals = []
-        while not self.SIG_QUEUE.empty():
-            sig = self.SIG_QUEUE.get_nowait()
-            if sig == self.WAKEUP_REQUEST:
-                continue
-            # a burst of HUPs is one reload
-            if sig == signal.SIGHUP and sig in signals:
-                continue
-            signals.append(sig)
-        # Read readiness after the signal queue: a worker writes its failure cause before
-        # it exits, so every SIGCHLD taken above has its message in the pipe already.
-        self._read_channel()
-        return signals
+    def _channel_fd(self) -> int:
+        return self.channel.fileno()
 
     def _read_channel(self) -> None:
         messages, problems = self.channel.drain()
@@ -171,7 +152,8 @@ class RollingArbiter(Arbiter):
             self._last_logged_active_worker_count = count
             self.log.debug(f"{count} workers", extra={"metric": "gunicorn.workers",
                                                       "value": count, "mtype": "gauge"})
-        """Roll events through gunicorn's own instrumentation (`--statsd-host`)."""
+        gunicorn_compat.emit_backlog_metric(self)
+        # roll events, through gunicorn's own instrumentation (`--statsd-host`)
         last = self.machine.last_rollout
         if last is None or last is self._reported_rollout:
             return
@@ -195,20 +177,31 @@ class RollingArbiter(Arbiter):
                 else:
                     self.machine.spawned(now, pid, generation)
             case rollout.Retire(pid):
+                self._planned[pid] = "retired by rollover"
                 self.kill_worker(pid, signal.SIGTERM)
             case rollout.Kill(pid, reason):
                 self.log.warning("rollover: killing worker %s: %s", pid, reason)
+                self._planned[pid] = f"killed by rollover: {reason}"
                 self.kill_worker(pid, signal.SIGKILL)
             case rollout.RollBack(generation):
                 self._roll_back(generation)
             case rollout.Log(level, message):
                 getattr(self.log, level)("rollover: %s", message)
             case rollout.Halt(reason, exit_code):
-                raise HaltServer(reason, exit_code)
+                raise HaltServer(_halt_reason(exit_code, reason), exit_code)
+
+    def kill_workers(self, sig: int) -> None:
+        # gunicorn's stop() (TERM/QUIT, then KILL past graceful_timeout) and reload paths
+        for pid in list(self.WORKERS):
+            self._planned.setdefault(pid, "stopping")
+        super().kill_workers(sig)
 
     def reap_workers(self) -> None:
-        # gunicorn's version raises HaltServer when a worker exits with a boot error
-        # (3/4); here the machine decides, and halts only a master that never served.
+        # Replaces gunicorn's, keeping its waitpid(-1) loop, its log lines (the OOM hint
+        # on SIGKILL, the exit code), the child_exit hook and HaltServer on a boot error
+        # (exit 3/4) — the latter only while no worker was ever READY: a serving master
+        # never halts. It also tells the machine each exit, logs exits rollover asked
+        # for at INFO, and closes the worker's heartbeat file before it halts.
         try:
             while True:
                 wpid, wstatus = os.waitpid(-1, os.WNOHANG)
@@ -217,30 +210,63 @@ class RollingArbiter(Arbiter):
                 if wpid == self.reexec_pid:
                     self.reexec_pid = 0
                     continue
-                if wpid == self.dirty_arbiter_pid:
-                    self.handle_dirty_arbiter_exit(wpid, wstatus)
+                if gunicorn_compat.reap_dirty_arbiter(self, wpid, wstatus):
                     continue
                 worker = self.WORKERS.pop(wpid, None)
                 if worker is None:
-                    self.log.debug("Reaped unknown child process (pid:%s)", wpid)
+                    self.log.debug("Reaped unknown child process (pid:%s, status:%s)",
+                                   wpid, wstatus)
                     continue
+                self._read_channel()  # its failure cause was written before it exited
+                planned = self._planned.pop(wpid, None)
+                self._log_exit(wpid, wstatus, planned)
                 description, exit_code = _describe_exit(wstatus)
-                level = self.log.info if exit_code == 0 else self.log.warning
-                level("Worker (pid:%s) %s", wpid, description)
                 worker.tmp.close()
                 try:
                     self.cfg.child_exit(self, worker)
                 except Exception:
                     self.log.exception("child_exit hook failed")
-                self.machine.exited(time.monotonic(), wpid, description, exit_code)
+                halt = None
+                if exit_code in _HALT_REASONS and not self.machine.ever_ready:
+                    known = self.machine.workers.get(wpid)
+                    halt = HaltServer(_halt_reason(exit_code, known and known.cause),
+                                      exit_code)
+                self.machine.exited(time.monotonic(), wpid, description, exit_code,
+                                    planned=planned is not None)
+                if halt is not None:
+                    raise halt
         except ChildProcessError:
             pass
+
+    def _log_exit(self, wpid: int, wstatus: int, planned: str | None) -> None:
+        """gunicorn's lines for a worker's exit; at INFO when rollover asked for it."""
+        if os.WIFSIGNALED(wstatus):
+            sig = os.WTERMSIG(wstatus)
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = f"signal {sig}"
+            if planned is not None and sig in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT,
+                                               signal.SIGKILL):
+                self.log.info("Worker (pid:%s) was sent %s! (%s)", wpid, name, planned)
+            elif sig == signal.SIGKILL:
+                self.log.error("Worker (pid:%s) was sent %s! Perhaps out of memory?",
+                               wpid, name)
+            elif sig == signal.SIGTERM:
+                getattr(self.log, gunicorn_compat.SIGTERM_LEVEL)(
+                    "Worker (pid:%s) was sent %s!", wpid, name)
+            else:
+                self.log.warning("Worker (pid:%s) was sent %s!", wpid, name)
+        elif os.WIFEXITED(wstatus) and os.WEXITSTATUS(wstatus) != 0:
+            self.log.error("Worker (pid:%s) exited with code %s.", wpid,
+                           os.WEXITSTATUS(wstatus))
 
     # -- HUP -------------------------------------------------------------------------------
 
     def handle_hup(self) -> None:
         """Prepare the new generation (the only step that blocks the loop), then roll."""
         self.log.info("Hang up: %s", self.master_name)
+        gunicorn_compat.count_reload(self)
         started = time.monotonic()
         before = self._snapshot()
         try:
@@ -264,8 +290,7 @@ class RollingArbiter(Arbiter):
                 self._stable = (self.machine.stable_generation, before)
             self.machine.reload_started(now, can_roll_back=can_roll_back)
             self._metric("rollover.rollouts.started", 1, "counter")
-        if self.dirty_arbiter_pid:
-            self.kill_dirty_arbiter(signal.SIGHUP)
+        gunicorn_compat.forward_hup_to_dirty_arbiter(self)
         self.manage_workers()
 
     def _snapshot(self) -> _Snapshot:
@@ -497,6 +522,12 @@ def _worker_modules(worker_class: type) -> set[str]:
             if c.__module__ != "builtins"}
 
 
+def _halt_reason(exit_code: int, cause: str | None) -> str:
+    """gunicorn's HaltServer reason (`Worker failed to boot.`), then rollover's cause."""
+    reason = _HALT_REASONS.get(exit_code, _HALT_REASONS[Arbiter.WORKER_BOOT_ERROR])
+    return f"{reason} Cause: {cause}" if cause else reason
+
+
 def _describe_exit(wstatus: int) -> tuple[str, int | None]:
     code = os.waitstatus_to_exitcode(wstatus)
     if code >= 0:
@@ -543,22 +574,14 @@ def _after_fork_in_child() -> None:
         signal.signal(sig, signal.SIG_DFL)
     # A worker keeps only the write end of the readiness pipe.
     _active.channel.close_in_child()
-    for fd in (_active._wake_r, _active._wake_w):
+    for fd in _active._loop_fds():
         with contextlib.suppress(OSError):
             os.close(fd)
 
 
 def check_gunicorn_version() -> str | None:
-    """None when this gunicorn is one rollover was built and tested against."""
-    try:
-        major = int(gunicorn.__version__.split(".")[0])
-    except ValueError:
-        major = -1
-    if major in SUPPORTED_GUNICORN:
-        return None
-    wanted = ", ".join(f"{m}.x" for m in SUPPORTED_GUNICORN)
-    return (f"gunicorn {gunicorn.__version__} is not supported (rollover {rollover.__version__} "
-            f"overrides arbiter internals tested on gunicorn {wanted})")
+    """None when this gunicorn is one rollover supports (23.0 through 27.x)."""
+    return gunicorn_compat.unsupported(rollover.__version__)
 
 
 def activate(server: Arbiter) -> bool:

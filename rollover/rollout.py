@@ -225,14 +225,16 @@ class Machine:
         if w is not None and w.cause is None:
             w.cause = cause
 
-    def exited(self, now: float, pid: int, description: str, exit_code: int | None) -> None:
-        """A worker process ended. `exit_code` is None when a signal ended it."""
+    def exited(self, now: float, pid: int, description: str, exit_code: int | None,
+               *, planned: bool = False) -> None:
+        """A worker process ended. `exit_code` is None when a signal ended it; `planned`:
+        the master stopped it itself (gunicorn's shutdown), so it is no fault."""
         w = self.workers.pop(pid, None)
         if w is None:
             return
         roll = self.rollout
         in_roll = roll is not None and w.generation == roll.generation
-        if w.state is WorkerState.DRAINING:
+        if w.state is WorkerState.DRAINING or planned:
             return
         if w.state is WorkerState.BOOTING:
             cause = w.cause or f"worker {pid} {description} before READY"
@@ -246,6 +248,9 @@ class Machine:
             delay = self._back_off(now)
             self._log("error", f"worker {pid} {description} {now - w.since:.1f}s after "
                                f"READY; next respawn in {delay:g}s")
+        elif exit_code == 0:
+            # left by itself, e.g. gunicorn's max_requests: a planned exit
+            self._log("info", f"worker {pid} {description}")
         else:
             self._log("warning", f"worker {pid} {description}")
 

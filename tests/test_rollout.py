@@ -1150,3 +1150,35 @@ def test_a_worker_crashing_soon_after_ready_is_respawned_with_backoff():
     d.tick()
     d.exit(d.pids(READY)[0], code=1)  # a crash after a long, healthy run: at once
     assert len(d.tick().spawned) == 1
+
+
+# -- log levels: planned exits are INFO, faults WARNING and above ------------------------
+
+
+def test_a_ready_worker_leaving_by_itself_with_code_0_logs_at_info():
+    d = booted(target=2)
+    worker = d.pids(READY)[0]
+    d.exit(worker, code=0)  # e.g. gunicorn's max_requests
+    d.tick()
+    levels = {log.level for log in d.actions if isinstance(log, Log) and str(worker) in log.message}
+    assert levels == {"info"}
+
+
+def test_a_ready_worker_crashing_logs_a_warning_or_worse():
+    d = booted(target=2)
+    worker = d.pids(READY)[0]
+    d.exit(worker, code=None)
+    d.tick()
+    levels = {log.level for log in d.actions if isinstance(log, Log) and str(worker) in log.message}
+    assert levels and levels <= {"warning", "error"}
+
+
+def test_workers_the_master_stopped_are_no_fault_even_mid_roll():
+    d = booted(target=2)
+    d.reload()
+    (new,) = d.tick().spawned
+    for pid in [*d.pids(READY), new]:
+        d.machine.exited(d.now, pid, "was killed by SIGTERM", None, planned=True)
+    d.tick()
+    faults = [a for a in d.actions if isinstance(a, Log) and a.level in ("warning", "error")]
+    assert faults == []
