@@ -7,6 +7,7 @@ from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
+import matrix
 import pytest
 from harness import AppCode, Master
 
@@ -72,3 +73,13 @@ def masters(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable
             )
             print(message)
             warnings.warn(message, stacklevel=1)
+
+
+@pytest.fixture(scope="session")
+def gunicorn_venv() -> Callable[[str], Path]:
+    """`gunicorn_venv("26.2.0")`: the venv holding that gunicorn and rollover (editable), built
+    once and shared by every test and xdist worker (tests/matrix.py). The first use starts
+    every version's build in the background, so the versions after the first are ready
+    or nearly so when their tests ask."""
+    matrix.prebuild()
+    return matrix.gunicorn_venv

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import itertools
 import json
 import math
 import os
@@ -31,6 +32,13 @@ BIN = Path(sys.executable).parent
 GUNICORN = BIN / "gunicorn"
 ROLLOVER_CLI = BIN / "rollover"
 REPO = Path(__file__).resolve().parent.parent
+
+# Command-line flags the harness passes that not every supported gunicorn has: the first
+# version that has each (from each version's gunicorn/config.py, 23.0 through 27.0). The
+# others it passes (-c -b --pid -w -k --graceful-timeout --timeout --chdir) are in all.
+FLAG_SINCE: dict[str, tuple[int, ...]] = {
+    "--no-control-socket": (25, 3),  # the control socket itself is new in 25.3
+}
 
 T = TypeVar("T")
 
@@ -196,6 +204,31 @@ def pid_alive(pid: int) -> bool:
     return _proc_starttime(pid) is not None
 
 
+def bin_dir(venv: Path | None) -> Path:
+    """Where the `gunicorn` and `rollover` commands are: `venv`'s, or this interpreter's."""
+    return BIN if venv is None else venv / "bin"
+
+
+def gunicorn_version(venv: Path | None = None) -> tuple[int, ...]:
+    """The gunicorn version in `venv` (None: the one this interpreter imports), as ints."""
+    if venv is None:
+        import gunicorn
+
+        text = gunicorn.__version__
+    else:
+        found = sorted(venv.glob("lib/python*/site-packages/gunicorn-*.dist-info"))
+        if not found:
+            raise FileNotFoundError(f"no gunicorn installed in {venv}")
+        text = found[0].name.removeprefix("gunicorn-").removesuffix(".dist-info")
+    parts = []
+    for piece in text.split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, piece))
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
 def http_get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, bytes]:
     """One GET on a fresh connection: (status, body). Raises OSError/HTTPException."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -211,8 +244,10 @@ class Master:
     """A gunicorn master run as a real subprocess in `workdir`.
 
     `config` is what goes after `-c`: "python:rollover.hooks" (the default) or a config
-    file path; None runs stock gunicorn (no `-c` at all). The master gets its own process
-    group so `stop()` can make sure no worker outlives the test.
+    file path; None runs stock gunicorn (no `-c` at all). `venv`: run that venv's
+    `gunicorn` (another gunicorn version; see tests/matrix.py) instead of this
+    interpreter's; flags that version lacks (`FLAG_SINCE`) are left out. The master gets
+    its own process group so `stop()` can make sure no worker outlives the test.
     """
 
     def __init__(
@@ -226,8 +261,12 @@ class Master:
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         app_spec: str = "app:app",
+        venv: Path | None = None,
     ) -> None:
         self.workdir = workdir
+        self.venv = venv
+        self.gunicorn = bin_dir(venv) / "gunicorn"
+        self.gunicorn_version = gunicorn_version(venv)
         self.app = app
         self.workers = workers
         self.worker_class = worker_class
@@ -245,8 +284,12 @@ class Master:
 
     # -- lifecycle
 
+    def has_flag(self, flag: str) -> bool:
+        """Whether this master's gunicorn version knows the command-line `flag`."""
+        return self.gunicorn_version >= FLAG_SINCE.get(flag, ())
+
     def argv(self) -> list[str]:
-        argv = [str(GUNICORN)]
+        argv = [str(self.gunicorn)]
         if self.config is not None:
             argv += ["-c", self.config]
         argv += [
@@ -258,7 +301,10 @@ class Master:
             str(self.workers),
             "-k",
             self.worker_class,
-            "--no-control-socket",
+        ]
+        if self.has_flag("--no-control-socket"):
+            argv.append("--no-control-socket")
+        argv += [
             "--graceful-timeout",
             "5",
             "--timeout",
@@ -273,6 +319,9 @@ class Master:
     def environ(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLOVER_")}
         env.pop("PYTHONPATH", None)
+        if self.venv is not None:
+            env.pop("VIRTUAL_ENV", None)
+            env["PATH"] = f"{bin_dir(self.venv)}{os.pathsep}{env.get('PATH', '')}"
         # A rewrite of app.py within the same second and with the same size would
         # otherwise be served from the stale .pyc.
         env["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -478,11 +527,13 @@ class Master:
         )
 
 
-def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """Run the `rollover` command line; output captured as text."""
+def run_cli(
+    *args: str, timeout: float = 60.0, venv: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the `rollover` command line (`venv`'s, if given); output captured as text."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLOVER_")}
     return subprocess.run(
-        [str(ROLLOVER_CLI), *args],
+        [str(bin_dir(venv) / "rollover"), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
