@@ -90,12 +90,13 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid
     def _extend_worker_class(self, announce: bool) -> None:
         """Fork workers of the configured class extended with readiness (and drain);
         `announce`: log what was added (at start, and when a HUP changed the class)."""
-        from rollover.workers import check_worker_class
+        from rollover.extend import extend_worker_class
 
-        self.worker_class = readiness.with_readiness(self.cfg.worker_class)
+        extension = extend_worker_class(self.cfg.worker_class, drain=self.settings.drain,
+                                        name=self.cfg.worker_class_str)
+        self.worker_class = extension.worker_class
         if announce:
-            for line in check_worker_class(self.cfg.worker_class):
-                self.log.warning(line)
+            (self.log.warning if extension.warn else self.log.info)(extension.line)
 
     # The loop's wait and wake (signal, wakeup, wait_for_signals / sleep) come from
     # gunicorn_compat.Loop; it calls these two to wake on and hear readiness messages.
@@ -465,8 +466,8 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid
 
     def _write_status(self) -> None:
         path = self._status_path()
-        if path is None:
-            return
+        if path is None or getattr(self, "pid", None) is None:
+            return  # no status file, or built directly and not started yet
         offset = time.time() - time.monotonic()
         data = {
             "schema": status.SCHEMA,
