@@ -14,7 +14,7 @@ the socket, where an old worker could answer):
 - WSGI workers (`sync`, `gthread`, ...): the app is called with a synthetic environ
   (HTTP/1.1, `Host` and `SERVER_NAME`/`SERVER_PORT` of the first listener,
   `User-Agent: rollover-probe`) in the worker's main thread, before its serving loop.
-- ASGI workers (gunicorn's `asgi`, uvicorn's, and rollover's classes in `rollover.workers`):
+- ASGI workers (gunicorn's `asgi`, uvicorn's, and subclasses of either):
   an `http` scope goes through the app once lifespan startup completed (when the app sends
   `lifespan.startup.complete`, before the server sees it, so before it starts serving),
   carrying a copy of the lifespan `state` like every real request. An app without lifespan
@@ -40,7 +40,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from rollover.settings import Settings
@@ -355,21 +355,26 @@ def _watch_lifespan(app: Callable[..., Any], probe: Probe | None = None) -> Call
     return app_with_lifespan_report
 
 
-def _is_uvicorn_worker(worker: Any) -> bool:
-    """A uvicorn-worker class (by name: importing uvicorn in a WSGI worker costs time)."""
-    return any(f"{c.__module__}.{c.__qualname__}" == "uvicorn_worker._workers.UvicornWorker"
-               for c in type(worker).__mro__)
+# How a worker class serves its app, which decides how it is probed:
+# "wsgi": `self.wsgi` is a WSGI app (sync, gthread, gevent, eventlet);
+# "asgi": gunicorn's asgi worker, the ASGI app in `self.asgi`, lifespan run by gunicorn;
+# "uvicorn": uvicorn's worker classes, the app in `self.wsgi`, adapted by uvicorn's config.
+# None: not known (another family): "asgi" if the loaded worker has `self.asgi`, else "wsgi".
+Interface = Literal["wsgi", "asgi", "uvicorn"]
+
+_worker_classes: dict[tuple[type, Interface | None], type] = {}
 
 
-_worker_classes: dict[type, type] = {}
-
-
-def with_readiness(worker_class: type) -> type:
+def with_readiness(worker_class: type, interface: Interface | None) -> type:
     """A subclass of a gunicorn worker class that reports READY / failure to the master,
-    and runs the readiness probe (see the module docstring) when one is configured."""
+    and runs the readiness probe (see the module docstring) when one is configured.
+
+    `interface` says how the class serves its app (see `Interface`); `rollover.extend`
+    knows it from the class's family.
+    """
     if getattr(worker_class, "_rollover_reports", False):
         return worker_class
-    cached = _worker_classes.get(worker_class)
+    cached = _worker_classes.get((worker_class, interface))
     if cached is not None:
         return cached
 
@@ -393,15 +398,16 @@ def with_readiness(worker_class: type) -> type:
             super().load_wsgi()
             # gunicorn's asgi worker keeps the ASGI app in .asgi; uvicorn's worker keeps it
             # in .wsgi and is wrapped in run(), after uvicorn adapted the app's interface.
-            if getattr(self, "asgi", None) is not None:
+            if interface == "uvicorn":
+                self._rollover_asgi = True
+            elif interface == "asgi" or (interface is None
+                                         and getattr(self, "asgi", None) is not None):
                 self._rollover_asgi = True
                 self.asgi = _watch_lifespan(self.asgi, self._rollover_asgi_probe())
-            elif _is_uvicorn_worker(self):
-                self._rollover_asgi = True
 
         def run(self) -> None:
             path = _probe_path()
-            if _is_uvicorn_worker(self):
+            if interface == "uvicorn":
                 config = self.config
                 config.app = self.wsgi
                 if not config.loaded:
@@ -466,7 +472,7 @@ def with_readiness(worker_class: type) -> type:
     ReportingWorker.__name__ = worker_class.__name__
     ReportingWorker.__qualname__ = worker_class.__qualname__
     ReportingWorker.__module__ = worker_class.__module__
-    _worker_classes[worker_class] = ReportingWorker
+    _worker_classes[(worker_class, interface)] = ReportingWorker
     return ReportingWorker
 
 

@@ -85,6 +85,8 @@ class Settings:
     """A path a new worker requests from its own app, in-process, before it is READY."""
     reexec_python: str | None
     """The interpreter USR2 execs (default: the one this master runs)."""
+    drain: bool
+    """Put rollover's drain in front of an ASGI worker class (readiness is added anyway)."""
 
     @property
     def summary(self) -> str:
@@ -124,6 +126,7 @@ _SPECS: dict[str, tuple[Callable[[str, Any], Any], Callable[[Any], Any]]] = {
     ),
     "probe_path": (_probe_path, lambda cfg: None),
     "reexec_python": (_path, lambda cfg: None),
+    "drain": (_bool, lambda cfg: True),
 }
 
 NAMES = tuple(f"rollover_{name}" for name in _SPECS)

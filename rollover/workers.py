@@ -1,300 +1,52 @@
-"""Worker classes that drain without failing a request, and a start-up check of the class.
+"""Worker classes by name, for ``-k``: the stock ASGI classes with rollover's drain.
 
-ASGI apps: use ``-k rollover.workers.UvicornWorker`` instead of
-``uvicorn_worker.UvicornWorker`` (``rollover.workers.UvicornH11Worker`` instead of
-``uvicorn_worker.UvicornH11Worker``), and ``-k rollover.workers.ASGIWorker`` instead of
-gunicorn's ``-k asgi``. WSGI apps need nothing: ``sync`` and ``gthread`` already drain
-without failing a request when retired one at a time.
+Nothing needs them: whatever ``-k`` the config names (``uvicorn_worker.UvicornWorker``,
+``uvicorn.workers.UvicornWorker``, ``asgi``, ``gthread``, ...), the master extends it at start
+(`rollover.extend`). These names stay valid, and drain even under a gunicorn without
+rollover's arbiter:
 
-Each class is the stock one with one change: how a retired worker (SIGTERM) drains.
-Measured with the stock classes (4 workers, 16 clients, one HUP roll): uvicorn's worker
-fails 13-17 keep-alive requests per roll, gunicorn's asgi worker 0-4 (under CPU load):
+- ``rollover.workers.UvicornWorker``: ``uvicorn_worker.UvicornWorker`` with
+  `rollover.drain_uvicorn.UvicornDrain`;
+- ``rollover.workers.UvicornH11Worker``: ``uvicorn_worker.UvicornH11Worker`` with it;
+- ``rollover.workers.ASGIWorker``: gunicorn's ``asgi`` worker (gunicorn 24.1+) with
+  `rollover.drain_asgi.ASGIDrain`.
 
-- uvicorn closes every idle keep-alive connection at once, while the client may be sending
-  its next request on it (ConnectionResetError); it also closes connections it accepted but
-  has not read a request from yet, as if they were idle;
-- gunicorn's asgi worker closes a connection right after the response in progress even
-  when that response did not say ``Connection: close`` (RemoteDisconnected on the client's
-  next request);
-- both stop accepting with asyncio's `Server.close()`, which drops the connections
-  accepted an instant earlier whose transports are not made yet (the client gets a
-  reset: see `stop_accepting`);
-- both wait for open streaming responses until the master's SIGKILL; gunicorn's leaves
-  websockets open until then too (the client sees 1006, no close frame).
-
-While draining, rollover's classes:
-
-1. stop accepting, after making transports for every connection already accepted (the
-   listening socket stays open in the master and the other workers, so nothing queued on
-   it is lost);
-2. answer every request that arrives on an open connection with ``Connection: close``, and
-   close the connection after that response; a connection that has not sent its first
-   request yet gets ``max(keep-alive timeout, 0.5 s)`` (gunicorn's ``--keep-alive``, 2 s
-   by default) to send one (uvicorn); an idle keep-alive connection is closed by its
-   keep-alive timer, as at any other time;
-3. close open websockets at once with close code 1012 (Service Restart), so clients
-   reconnect, to a new worker;
-4. let streaming responses run until shortly before the master's SIGKILL (the drain
-   deadline: ``rollover_graceful_timeout``, else gunicorn's ``graceful_timeout``, minus
-   20% of it, at least 1.5 s and at most 5 s; half of it under 3 s), then end them: a
-   ``text/event-stream`` response ends cleanly (its final chunk is written: the client
-   sees the response end, as an EventSource does before it reconnects); any other
-   response still streaming is cut (the connection closes without the final chunk, so the
-   client sees an incomplete body, never a silently truncated one). The app sees
-   ``http.disconnect`` (uvicorn) or an ``OSError`` from ``send`` (gunicorn's asgi,
-   ASGI 2.4), as when a client goes away. A request whose response has not started half
-   a second after the deadline is cancelled: uvicorn answers 500 with ``Connection:
-   close``, gunicorn's asgi worker closes the connection. Then lifespan shutdown runs.
-
-``check_worker_class(worker_class)`` returns the warnings rollover prints at start for a
-worker class that cannot give these guarantees (the stock uvicorn and asgi workers, and
-classes rollover was not tested with).
+Each is made on first access, so importing this module imports neither uvicorn nor
+gunicorn's asgi worker. How a worker drains: `rollover.drain`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-from collections.abc import Callable, Iterable
+import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rollover._asgi import ASGIWorker
-    from rollover._uvicorn import DrainingServer, UvicornH11Worker, UvicornWorker
+    UvicornWorker: type
+    UvicornH11Worker: type
+    ASGIWorker: type
 
-__all__ = ["ASGIWorker", "DrainState", "DrainingServer", "StreamTracker", "UvicornH11Worker",
-           "UvicornWorker", "check_worker_class", "drain_deadline"]
+__all__ = ["ASGIWorker", "UvicornH11Worker", "UvicornWorker"]
 
-# The worker classes live in modules of their own, imported on first use: a WSGI master
-# that imports this module (for `check_worker_class`) does not import uvicorn.
-_LAZY = {"UvicornWorker": "rollover._uvicorn", "UvicornH11Worker": "rollover._uvicorn",
-         "DrainingServer": "rollover._uvicorn", "ASGIWorker": "rollover._asgi"}
+# name -> (module, stock class, what to install if the module is missing)
+_ALIASES = {
+    "UvicornWorker": ("uvicorn_worker", "UvicornWorker", "pip install 'gunicorn-rollover[asgi]'"),
+    "UvicornH11Worker": ("uvicorn_worker", "UvicornH11Worker",
+                         "pip install 'gunicorn-rollover[asgi]'"),
+    "ASGIWorker": ("gunicorn.workers.gasgi", "ASGIWorker", "gunicorn 24.1 or newer"),
+}
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    alias = _ALIASES.get(name)
+    if alias is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
-
-
-logger = logging.getLogger("uvicorn.error")
-
-CLOSE_HEADER = (b"connection", b"close")
-
-# How long after the drain deadline ended streams get to finish before uvicorn cancels them.
-_CANCEL_GRACE = 0.5
-
-
-def drain_deadline(graceful_timeout: float) -> float:
-    """Seconds after SIGTERM at which a draining worker ends what is still streaming.
-
-    It leaves the worker time to finish (lifespan shutdown) before the master's SIGKILL at
-    `graceful_timeout`: 20% of it, at least 1.5 s and at most 5 s (half of it under 3 s).
-    """
-    if graceful_timeout < 3:
-        return max(0.0, graceful_timeout / 2)
-    return graceful_timeout - min(max(1.5, graceful_timeout * 0.2), 5.0)
-
-
-async def stop_accepting(servers: Iterable[asyncio.AbstractServer]) -> None:
-    """Stop accepting without dropping the connections accepted an instant earlier.
-
-    asyncio accepts connections in batches and creates their transports in tasks; a task
-    that runs after `Server.close()` fails (`Server._attach` asserts the server is open),
-    and its connection is dropped unanswered: the client gets a reset. (Both uvicorn's and
-    gunicorn's asgi worker close their servers that way.) So: stop watching the listening
-    sockets first, let those tasks run, then close the servers.
-    """
-    servers = list(servers)
-    loop = asyncio.get_running_loop()
-    for server in servers:
-        for sock in getattr(server, "sockets", None) or ():
-            with contextlib.suppress(Exception):  # e.g. a loop without remove_reader
-                loop.remove_reader(sock.fileno())
-    await asyncio.sleep(0.05)
-    for server in servers:
-        server.close()
-
-
-class DrainState:
-    """What the server and the ASGI wrapper share while a worker drains."""
-
-    def __init__(self) -> None:
-        self.draining = False
-        # id() of the scope of each response in progress that is a text/event-stream
-        self.event_streams: set[int] = set()
-
-    def wrap(self, app: Callable[..., Any]) -> Callable[..., Any]:
-        """An ASGI app that adds ``Connection: close`` to responses started while draining
-        and notes which responses are event streams."""
-
-        async def draining_app(scope: dict[str, Any], receive: Any, send: Any) -> Any:
-            if scope.get("type") != "http":
-                return await app(scope, receive, send)
-            key = id(scope)
-
-            async def send_wrapper(message: dict[str, Any]) -> None:
-                if message.get("type") == "http.response.start":
-                    headers = list(message.get("headers") or ())
-                    if _is_event_stream(headers):
-                        self.event_streams.add(key)
-                    if self.draining and not _closes(headers):
-                        message = {**message, "headers": [*headers, CLOSE_HEADER]}
-                await send(message)
-
-            try:
-                return await app(scope, receive, send_wrapper)
-            finally:
-                self.event_streams.discard(key)
-
-        return draining_app
-
-
-def _is_event_stream(headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    return any(name.lower() == b"content-type"
-               and value.split(b";", 1)[0].strip().lower() == b"text/event-stream"
-               for name, value in headers)
-
-
-def _closes(headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    return any(name.lower() == b"connection" and b"close" in value.lower()
-               for name, value in headers)
-
-
-def _graceful_timeout(cfg: Any) -> float:
-    from rollover import readiness
-
-    if readiness.settings is not None:
-        return float(readiness.settings.graceful_timeout)
-    return float(cfg.graceful_timeout)
-
-
-
-class _Session:
-    """An open websocket, or an event-stream response, as the ASGI app sees it."""
-
-    __slots__ = ("ended", "lock", "send")
-
-    def __init__(self, send: Any) -> None:
-        self.send = send
-        self.lock = asyncio.Lock()
-        self.ended = False
-
-
-class StreamTracker:
-    """ASGI middleware that knows the open websockets and event streams, so a draining
-    worker can close them (server-agnostic: it only sends ASGI messages)."""
-
-    def __init__(self) -> None:
-        self.websockets: set[_Session] = set()
-        self.event_streams: set[_Session] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def wrap(self, app: Callable[..., Any]) -> Callable[..., Any]:
-        async def tracked(scope: dict[str, Any], receive: Any, send: Any) -> Any:
-            kind = scope.get("type")
-            if kind not in ("http", "websocket"):
-                return await app(scope, receive, send)
-            session = _Session(send)
-            opened = self.websockets if kind == "websocket" else self.event_streams
-
-            async def send_wrapper(message: dict[str, Any]) -> None:
-                async with session.lock:
-                    if session.ended:
-                        # ASGI 2.4: a send on a closed connection raises OSError
-                        raise OSError("rollover: closed by the draining worker")
-                    await send(message)
-                kind = message.get("type")
-                if kind == "websocket.accept" or (
-                        kind == "http.response.start"
-                        and _is_event_stream(message.get("headers") or ())):
-                    opened.add(session)
-                elif kind == "websocket.close" or (
-                        kind == "http.response.body" and not message.get("more_body")):
-                    opened.discard(session)
-
-            try:
-                return await app(scope, receive, send_wrapper)
-            finally:
-                opened.discard(session)
-
-        return tracked
-
-    def close_websockets(self, code: int = 1012) -> int:
-        """Send every open websocket a close frame (1012: Service Restart)."""
-        return self._end(self.websockets, {"type": "websocket.close", "code": code,
-                                           "reason": "Service Restart"})
-
-    def end_event_streams(self) -> int:
-        """End every open event stream with the final (empty) body chunk."""
-        return self._end(self.event_streams,
-                         {"type": "http.response.body", "body": b"", "more_body": False})
-
-    def _end(self, sessions: set[_Session], message: dict[str, Any]) -> int:
-        ended = list(sessions)
-        sessions.clear()
-        for session in ended:
-            task = asyncio.ensure_future(self._send_last(session, message))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return len(ended)
-
-    @staticmethod
-    async def _send_last(session: _Session, message: dict[str, Any]) -> None:
-        async with session.lock:
-            if session.ended:
-                return
-            session.ended = True
-            try:
-                await session.send(message)
-            except Exception as exc:  # the client went away meanwhile
-                logger.debug("rollover: could not end a stream: %r", exc)
-
-
-# -- the start-up check -----------------------------------------------------------------------
-
-TESTED = "sync, gthread, rollover.workers.ASGIWorker, rollover.workers.UvicornWorker"
-
-
-def check_worker_class(worker_class: Any) -> list[str]:
-    """Warnings (one line each) for a worker class that cannot drain as rollover promises."""
-    if isinstance(worker_class, str):
-        return _check_name(worker_class)
-    mro = [c for c in getattr(worker_class, "__mro__", ()) if c is not object]
-    names = {f"{c.__module__}.{c.__qualname__}" for c in mro}
-    own = {f"{__name__}.{c}" for c in ("UvicornWorker", "UvicornH11Worker", "ASGIWorker")}
-    if names & own:
-        return []
-    if "uvicorn_worker._workers.UvicornWorker" in names:
-        return [f"rollover: use -k rollover.workers.UvicornWorker for zero-failure draining "
-                f"({_name(worker_class)} closes idle and just-accepted connections at once "
-                f"when retired, failing requests)"]
-    if "gunicorn.workers.gasgi.ASGIWorker" in names:
-        return ["rollover: use -k rollover.workers.ASGIWorker for zero-failure draining "
-                "(gunicorn's asgi worker, when retired, closes keep-alive connections right "
-                "after a response that did not say so, failing requests, and leaves "
-                "websockets open until SIGKILL instead of closing them with 1012)"]
-    if names & {"gunicorn.workers.sync.SyncWorker", "gunicorn.workers.gthread.ThreadWorker"}:
-        return []
-    return [f"rollover: worker class {_name(worker_class)} is untested with rollover "
-            f"(tested: {TESTED}); draining may fail requests"]
-
-
-def _name(worker_class: Any) -> str:
-    # with_readiness keeps the wrapped class's module and name
-    return f"{worker_class.__module__}.{worker_class.__qualname__}"
-
-
-def _check_name(name: str) -> list[str]:
-    from gunicorn.util import load_class
-
+    module_name, class_name, needs = alias
     try:
-        cls = load_class(name, default="gunicorn.workers.sync.SyncWorker",
-                         section="gunicorn.workers")
-    except Exception:
-        return []
-    return check_worker_class(cls)
+        stock = getattr(importlib.import_module(module_name), class_name)
+    except ImportError as exc:
+        raise ImportError(f"rollover.workers.{name} needs {module_name} ({needs})") from exc
+    from rollover.extend import drained
+
+    worker_class = drained(stock)
+    globals()[name] = worker_class
+    return worker_class

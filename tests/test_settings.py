@@ -79,5 +79,13 @@ def test_every_setting_has_a_documented_name() -> None:
         "rollover_ready_timeout", "rollover_max_surge", "rollover_status_path",
         "rollover_graceful_timeout", "rollover_max_draining", "rollover_backoff_max",
         "rollover_refresh", "rollover_refresh_timeout", "rollover_probe_path",
-        "rollover_reexec_python",
+        "rollover_reexec_python", "rollover_drain",
     }
+
+
+def test_drain_is_on_by_default_and_can_be_turned_off() -> None:
+    assert resolve(gunicorn_cfg(), {}, {}).drain is True
+    assert resolve(gunicorn_cfg(), {"rollover_drain": False}, {}).drain is False
+    assert resolve(gunicorn_cfg(), {}, {"ROLLOVER_DRAIN": "0"}).drain is False
+    with pytest.raises(SettingsError, match="ROLLOVER_DRAIN must be true or false"):
+        resolve(gunicorn_cfg(), {}, {"ROLLOVER_DRAIN": "maybe"})
