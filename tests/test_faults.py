@@ -952,6 +952,9 @@ def test_broken_app_at_first_start_exits_like_gunicorn(
     print(f"\n[first start, {fault}] exit {code}; {reason[-1:]}")
     assert code in (3, 4), f"exit {code}{master.tail()}"
     assert reason and cause in reason[-1], master.tail()
+    # gunicorn's own words first: tools (and uvicorn-worker's tests) grep for them
+    words = "Worker failed to boot." if code == 3 else "App failed to load."
+    assert f"Reason: {words}" in reason[-1], master.tail()
     with contextlib.suppress(TimeoutError):
         wait_for(lambda: master.leftover_workers() == [], 3, what="workers gone")
     assert master.leftover_workers() == [], master.leftover_workers()
