@@ -1,14 +1,11 @@
-"""Every supported worker class, rolled under load with real clients; long connections.
+"""Long connections through a roll, and the pieces of the drain.
 
-- `sync`, `gthread`, gunicorn's `asgi` and `rollover.workers.UvicornWorker`: a HUP under
-  load (16 clients, keep-alive or a new connection per request) fails no request, and
-  only the new code answers afterwards.
-- The stock `uvicorn_worker.UvicornWorker` fails keep-alive clients on the same roll:
-  proof that the check can fail, and why rollover ships its own uvicorn worker class.
 - An open server-sent-events stream and an open websocket during a roll: the roll still
   completes in about N x boot; the websocket client gets close code 1012, the stream ends
   cleanly before the master's SIGKILL. Standalone `uvicorn --workers` blocks on the same.
 - SIGTERM to the master mid-roll with a stream open: it stops within graceful_timeout.
+
+Rolls under load per worker class (the class the user's `-k` names): tests/test_dropin_*.py.
 """
 
 from __future__ import annotations
@@ -33,25 +30,21 @@ from harness import (
     AppCode,
     Load,
     Master,
-    check_roll,
     figures,
     free_port,
     group_members,
     wait_for,
 )
 
-from rollover.workers import UvicornWorker, check_worker_class, drain_deadline
+from rollover.drain import drain_deadline
 
 Status = dict[str, Any]
 
-BOOT = 1.5
-WORKERS = 4
-CLIENTS = 16
 GRACEFUL = 3
 
-ROLLOVER_UVICORN = "rollover.workers.UvicornWorker"
-ROLLOVER_ASGI = "rollover.workers.ASGIWorker"
+# The stock classes, as a user's config names them: rollover adds the drain at start.
 STOCK_UVICORN = "uvicorn_worker.UvicornWorker"
+STOCK_ASGI = "asgi"
 
 # --------------------------------------------------------------------------- helpers
 
@@ -298,41 +291,7 @@ class DrainWatch:
                         self.draining[w["pid"]] = now - max(0.0, time.time() - since)
 
 
-# --------------------------------------------------------------------------- unit: the check
-
-
-def test_check_worker_class_names_the_stock_uvicorn_worker() -> None:
-    from gunicorn.workers.gasgi import ASGIWorker
-    from gunicorn.workers.gthread import ThreadWorker
-    from gunicorn.workers.sync import SyncWorker
-    from uvicorn_worker import UvicornH11Worker as StockH11
-    from uvicorn_worker import UvicornWorker as Stock
-
-    from rollover.readiness import with_readiness
-    from rollover.workers import ASGIWorker as RolloverASGIWorker
-    from rollover.workers import UvicornH11Worker
-
-    assert check_worker_class(SyncWorker) == []
-    assert check_worker_class(ThreadWorker) == []
-    assert check_worker_class(UvicornWorker) == []
-    assert check_worker_class(UvicornH11Worker) == []
-    assert check_worker_class(with_readiness(UvicornWorker)) == []
-    for stock in (Stock, StockH11, with_readiness(Stock)):
-        (line,) = check_worker_class(stock)
-        assert line.startswith("rollover: use -k rollover.workers.UvicornWorker "
-                               "for zero-failure draining"), line
-    (line,) = check_worker_class(ASGIWorker)
-    assert line.startswith("rollover: use -k rollover.workers.ASGIWorker "), line
-    assert check_worker_class(RolloverASGIWorker) == []
-    assert check_worker_class("no_such_module.NoSuchWorker") == []  # gunicorn reports it
-    assert check_worker_class("uvicorn_worker.UvicornWorker")[0].startswith("rollover: use")
-    assert check_worker_class("gthread") == []
-
-    class Custom:
-        pass
-
-    (line,) = check_worker_class(Custom)
-    assert "untested" in line, line
+# --------------------------------------------------------------------------- unit
 
 
 def test_drain_deadline_leaves_time_before_the_kill() -> None:
@@ -343,72 +302,11 @@ def test_drain_deadline_leaves_time_before_the_kill() -> None:
     assert drain_deadline(0) == 0
 
 
-# --------------------------------------------------------------------------- rolls under load
-
-CLASSES = [
-    ("sync", "wsgi"),
-    ("gthread", "wsgi"),
-    (ROLLOVER_ASGI, "asgi"),
-    (ROLLOVER_UVICORN, "asgi"),
-]
-
-@pytest.mark.process
-@pytest.mark.parametrize("keepalive", [True, False], ids=["keepalive", "new-connections"])
-@pytest.mark.parametrize(("worker_class", "kind"), CLASSES, ids=[c for c, _ in CLASSES])
-def test_roll_under_load_fails_nothing(
-    make_app: Callable[..., AppCode], masters: Callable[..., Master],
-    worker_class: str, kind: str, keepalive: bool,
-) -> None:
-    app = make_app(kind)
-    app.write("v1", boot_delay=BOOT)
-    master = start_settled(masters, app, WORKERS, worker_class=worker_class,
-                           extra_args=["--graceful-timeout", str(GRACEFUL)])
-    with Load(master.port, clients=CLIENTS, keepalive=keepalive, think=0.02) as load:
-        load.run_for(1.0, min_requests=CLIENTS)
-        hup_at, done_at, final = roll(master, app, load, "v2", BOOT, WORKERS)
-    label = f"{worker_class} {'keep-alive' if keepalive else 'new-conn'}"
-    print("\n" + figures(load, hup_at=hup_at, done_at=done_at, label=label))
-
-    problems = check_roll(load, hup_at=hup_at, done_at=done_at, boot=BOOT, version="v2")
-    # 16 clients load a 2-core machine (with other tests running) enough for a single
-    # request to take over boot/2 now and then: here a stall counts from one whole boot on
-    # (a roll that stopped serving while the new code boots would stall that long).
-    problems = [p for p in problems if not p.startswith("worst latency")]
-    worst = load.latency_window(hup_at)
-    if worst.max >= BOOT:
-        problems.append(f"worst latency from the HUP on {worst.max:.3f}s >= boot ({worst})")
-    assert problems == [], f"{problems}\n{load.describe()}{master.tail()}"
-    assert final["last_rollout"]["result"] == "succeeded", final
-    assert len(ready_workers(final, final["generation"])) == WORKERS, final
-
-
-@pytest.mark.process
-def test_stock_uvicorn_worker_fails_keepalive_clients(
-    make_app: Callable[..., AppCode], masters: Callable[..., Master]
-) -> None:
-    """The same roll with the stock uvicorn worker fails requests (retried up to 3 rolls)."""
-    app = make_app("asgi")
-    app.write("v1", boot_delay=BOOT)
-    master = start_settled(masters, app, WORKERS, worker_class=STOCK_UVICORN,
-                           extra_args=["--graceful-timeout", str(GRACEFUL)])
-    failed: list[str] = []
-    for attempt in range(1, 4):
-        with Load(master.port, clients=CLIENTS, keepalive=True, think=0.02) as load:
-            load.run_for(1.0, min_requests=CLIENTS)
-            hup_at, done_at, _ = roll(master, app, load, f"v{attempt + 1}", BOOT, WORKERS)
-        print("\n" + figures(load, hup_at=hup_at, done_at=done_at,
-                             label=f"stock uvicorn worker keep-alive, roll {attempt}"))
-        failed = load.failed()
-        if failed:
-            break
-    assert failed, "the stock uvicorn worker failed no keep-alive request in 3 rolls"
-
-
 # --------------------------------------------------------------------------- streams
 
 
 @pytest.mark.process
-@pytest.mark.parametrize("worker_class", [ROLLOVER_UVICORN, ROLLOVER_ASGI])
+@pytest.mark.parametrize("worker_class", [STOCK_UVICORN, STOCK_ASGI])
 def test_stream_and_websocket_during_roll(
     tmp_path: Path, masters: Callable[..., Master], worker_class: str
 ) -> None:
@@ -535,7 +433,7 @@ def test_sigterm_to_master_mid_roll_with_a_stream_open(
     boot, workers = 1.0, 3
     app = StreamApp(tmp_path / "app")
     app.write("v1", boot_delay=boot)
-    master = start_settled(masters, app, workers, worker_class=ROLLOVER_UVICORN,
+    master = start_settled(masters, app, workers, worker_class=STOCK_UVICORN,
                            extra_args=["--graceful-timeout", str(GRACEFUL)])
     sse = SSEClient(master.port).start()
     app.write("v2", boot_delay=boot)
