@@ -29,7 +29,7 @@ from gunicorn.errors import HaltServer
 from gunicorn.pidfile import Pidfile
 
 import rollover
-from rollover import gunicorn_compat, readiness, refresh, rollout, settings, status
+from rollover import gunicorn_compat, imports_graph, readiness, refresh, rollout, settings, status
 
 # HaltServer reasons, as gunicorn words them (tools grep for them)
 _HALT_REASONS = {Arbiter.WORKER_BOOT_ERROR: "Worker failed to boot.",
@@ -61,7 +61,13 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid
         self._extend_worker_class(announce=True)
         self._last_status: dict[str, Any] | None = None
         self._status_error: str | None = None
-        self._stable: tuple[int, _Snapshot] | None = None
+        # While a roll is under way: the serving generation, as the master forked it
+        # (config, settings, environment, cwd; with preload_app also its code). An aborted
+        # roll goes back to it; a roll that succeeds drops it.
+        self._previous: _Snapshot | None = None
+        # Listening sockets are not taken back by an aborted roll: compare with these.
+        self._bound_address = self.cfg.address
+        self._wall_offset = time.time() - time.monotonic()
         self.refresh_report: refresh.RefreshReport | None = None
         self._reported_rollout: rollout.Rollout | None = None
         self._hooks_ran: set[str] = set()
@@ -141,8 +147,9 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid
             self.machine.exited(now, pid, "vanished", None)
         for action in self.machine.tick(now, self.num_workers):
             self._execute(action, now)
-        if self._stable is not None and self._stable[0] != self.machine.stable_generation:
-            self._stable = None  # a roll succeeded: its code is the stable one now
+        if (self._previous is not None and self.machine.rollout is None
+                and self._previous.generation != self.machine.stable_generation):
+            self._previous = None  # a roll succeeded: its generation is the serving one
         self._emit_metrics()
         self._write_status()
 
@@ -184,6 +191,8 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid
                 self.log.warning("rollover: killing worker %s: %s", pid, reason)
                 self._planned[pid] = f"killed by rollover: {reason}"
                 self.kill_worker(pid, signal.SIGKILL)
+            case rollout.Revert(generation):
+                self._revert(generation)
             case rollout.RollBack(generation):
                 self._roll_back(generation)
             case rollout.Log(level, message):
@@ -229,9 +238,10 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid
                     self.log.exception("child_exit hook failed")
                 halt = None
                 if exit_code in _HALT_REASONS and not self.machine.ever_ready:
+                    assert exit_code is not None
                     known = self.machine.workers.get(wpid)
-                    halt = HaltServer(_halt_reason(exit_code, known and known.cause),
-                                      exit_code)
+                    cause = known.cause if known is not None else None
+                    halt = HaltServer(_halt_reason(exit_code, cause), exit_code)
                 self.machine.exited(time.monotonic(), wpid, description, exit_code,
                                     planned=planned is not None)
                 if halt is not None:
@@ -285,30 +295,42 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid
             self.machine.reload_failed(now, error)
         else:
             can_roll_back = bool(self.cfg.preload_app)
-            if can_roll_back and self._stable is None:
-                # the code every worker runs when no roll is under way: what a failed
-                # roll goes back to
-                self._stable = (self.machine.stable_generation, before)
+            if self._previous is None:
+                # what every worker runs when no roll is under way: what a failed roll
+                # goes back to (without preload_app the code on disk cannot be taken back)
+                self._previous = before if can_roll_back else before._replace(
+                    imports=None, app_callable=None)
             self.machine.reload_started(now, can_roll_back=can_roll_back)
             self._metric("rollover.rollouts.started", 1, "counter")
         gunicorn_compat.forward_hup_to_dirty_arbiter(self)
         self.manage_workers()
 
     def _snapshot(self) -> _Snapshot:
-        return _Snapshot(self.app.cfg, sys.modules.get("__config__"), os.getcwd(),
+        return _Snapshot(self.machine.spawn_generation, self.app.cfg,
+                         sys.modules.get("__config__"), self.settings, self.worker_class,
+                         self.num_workers, self.timeout, self.proc_name, os.getcwd(),
                          dict(os.environ), refresh.snapshot(),
                          getattr(self.app, "callable", None))
 
     def _restore(self, snap: _Snapshot) -> None:
-        self.app.cfg = snap.cfg
+        """Put back what `_snapshot` took: the config the master forks workers with, its
+        settings, environment and cwd, and (when kept) the code."""
+        self.app.cfg = self.cfg = snap.cfg
         if snap.config_module is not None:
             sys.modules["__config__"] = snap.config_module
+        if self.settings is not snap.settings:
+            self.settings = snap.settings
+            readiness.configure(self.settings)
+            self.machine.policy = self._policy()
+        self.worker_class, self.num_workers = snap.worker_class, snap.num_workers
+        self.timeout, self.proc_name = snap.timeout, snap.proc_name
         with contextlib.suppress(OSError):
             os.chdir(snap.cwd)
         os.environ.clear()
         os.environ.update(snap.environ)
-        refresh.restore(snap.imports)
-        self.app.callable = snap.app_callable
+        if snap.imports is not None:
+            refresh.restore(snap.imports)
+            self.app.callable = snap.app_callable
 
     def _prepare(self) -> str | None:
         """Load the new config, refresh imports, re-import a preloaded app.
@@ -344,7 +366,8 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid
         try:
             report = refresh.refresh(timeout=self.settings.refresh_timeout,
                                      keep=_worker_modules(cfg.worker_class),
-                                     protect_paths=protect)
+                                     protect_paths=protect,
+                                     dependents=self.settings.refresh_dependents)
         except refresh.RefreshError as exc:
             return str(exc)
         self.refresh_report = report
@@ -399,15 +422,15 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid
 
     def _commit(self, before: _Snapshot) -> None:
         """gunicorn's `reload()` side effects, minus its spawning of N workers at once."""
-        old_address = before.cfg.address
         self.settings = settings.resolve(self.app.cfg)
         readiness.configure(self.settings)
         self.machine.policy = self._policy()
         self.setup(self.app)
         self.log.reopen_files()
-        if old_address != self.cfg.address:
+        if self._bound_address != self.cfg.address:
             from gunicorn import sock
 
+            self._bound_address = self.cfg.address
             for lnr in self.LISTENERS:
                 lnr.close()
             self.LISTENERS = sock.create_sockets(self.cfg, self.log)
@@ -432,16 +455,33 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid
             self.START_CTX["args"][0] = python
         super().reexec()
 
+    def _revert(self, generation: int) -> None:
+        """An aborted roll: fork the serving generation's config again (its rollover
+        settings, environment and cwd too); the aborted generation's is dropped."""
+        snap = self._previous
+        if snap is None or snap.generation != generation:
+            self.log.error("rollover: no config of generation %s kept to go back to",
+                           generation)
+            return
+        self._restore(snap._replace(imports=None, app_callable=None))
+        util._setproctitle(f"master [{self.proc_name}]")
+        if snap.imports is None:
+            self._previous = None
+            self.log.warning("rollover: respawns use generation %s's config and the code on "
+                             "disk (no preload_app: the code cannot be taken back)",
+                             generation)
+
     def _roll_back(self, generation: int) -> None:
-        """Fork the stable generation's code again (preload_app kept it)."""
-        if self._stable is None:
+        """Fork the serving generation's code again (preload_app kept it)."""
+        snap = self._previous
+        if snap is None or snap.imports is None or snap.generation != generation:
             self.log.error("rollover: no code of generation %s kept to roll back to", generation)
             return
-        _, snap = self._stable
-        self._stable = None
+        self._previous = None
         refresh.restore(snap.imports)
         self.app.callable = snap.app_callable
-        self.log.warning("rollover: restored generation %s's code in the master", generation)
+        self.log.warning("rollover: restored generation %s's config and code in the master",
+                         generation)
 
     # -- status ------------------------------------------------------------------------------
 
@@ -469,6 +509,9 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid
         if path is None or getattr(self, "pid", None) is None:
             return  # no status file, or built directly and not started yet
         offset = time.time() - time.monotonic()
+        if abs(offset - self._wall_offset) > 0.5:
+            self._wall_offset = offset  # the wall clock was set: times follow it
+        offset = self._wall_offset  # else the same one, so an unchanged status compares equal
         data = {
             "schema": status.SCHEMA,
             "pid": self.pid,
@@ -486,6 +529,7 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid
                          "probe_path": self.settings.probe_path,
                          "reexec_python": self.settings.reexec_python},
             **self.machine.describe(lambda t: status.iso(t + offset)),
+            "serving_code": "preloaded" if self.cfg.preload_app else "disk",
             "refresh": self.refresh_report.as_dict() if self.refresh_report else None,
         }
         if data == self._last_status:
@@ -507,13 +551,21 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid
 
 
 class _Snapshot(NamedTuple):
-    """What a HUP may change in the master, to put back when it fails."""
+    """What one generation's workers are forked with: taken at each HUP, put back when
+    the HUP fails, and kept for the serving generation while a roll is under way."""
 
+    generation: int
     cfg: Any
     config_module: Any
+    settings: settings.Settings
+    worker_class: Any
+    num_workers: int
+    timeout: Any
+    proc_name: Any
     cwd: str
     environ: dict[str, str]
-    imports: refresh.ImportSnapshot
+    imports: refresh.ImportSnapshot | None
+    """With preload_app, the code (None: workers import it from disk)."""
     app_callable: Any
 
 
@@ -573,6 +625,7 @@ def _after_fork_in_child() -> None:
     # the master's signal queue copied into the child.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
+    imports_graph.uninstall()  # only the master refreshes
     # A worker keeps only the write end of the readiness pipe.
     _active.channel.close_in_child()
     for fd in _active._loop_fds():

@@ -227,15 +227,39 @@ def describe_last(record: dict[str, Any]) -> str:
     return text
 
 
+def degraded_reason(status: dict[str, Any], now: float) -> str:
+    """Why fewer workers than wanted are READY: the last respawn failure and when the next
+    respawn is due, or the workers still booting."""
+    respawn = status.get("respawn")
+    if isinstance(respawn, dict) and respawn.get("last_failure"):
+        text = f"last respawn failed: {respawn['last_failure']}"
+        try:
+            wait = parse_iso(respawn.get("next_at")) - now
+        except (TypeError, ValueError, OverflowError):
+            return text
+        return text + (f"; next respawn in {wait:.0f}s" if wait >= 0.5 else "; respawning")
+    booting = sum(1 for w in status["workers"]
+                  if isinstance(w, dict) and w.get("state") == "booting")
+    return f"{booting} worker(s) booting" if booting else "waiting for a respawn"
+
+
 def render_status(status: dict[str, Any], now: float) -> str:
     workers = [w for w in status["workers"] if isinstance(w, dict)]
     ready = sum(1 for w in workers if w.get("state") == "ready")
     target = status.get("workers_target", len(workers))
+    serving = status.get("serving_generation", status["generation"])
     lines = [
-        f"master {status['pid']} · generation {status['generation']} · {status['state']}"
+        f"master {status['pid']} · generation {serving} · {status['state']}"
         f" · {ready}/{target} workers ready"
     ]
     current, last = status.get("rollout"), status.get("last_rollout")
+    if status["state"] == "degraded":
+        lines.append(f"degraded: {degraded_reason(status, now)}")
+    if serving != status["generation"] and not isinstance(current, dict):
+        code = ("the code on disk" if status.get("serving_code") == "disk"
+                else "its preloaded code")
+        lines.append(f"generation {status['generation']} was not rolled out: respawns use "
+                     f"generation {serving}'s config and {code}")
     if isinstance(current, dict):
         lines.append(
             f"rolling generation {current.get('generation', '?')}:"

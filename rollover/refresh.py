@@ -17,9 +17,11 @@ the master before the first new-generation worker forks and:
    `FastPath` cache (3.11's `importlib.invalidate_caches` does not);
 4. purges from `sys.modules` each top-level package (with all its submodules) whose files
    changed on disk, that now resolves somewhere else, or whose distribution's version
-   changed (`select_purge`, a pure function) -- never the stdlib, gunicorn, rollover
-   itself, the names in `keep` (the worker class's) or what their code holds references
-   to. A change there, or a loaded C extension that changed, cannot be refreshed
+   changed (`changed_tops`, a pure function), with every package that depends on one of
+   those and the app's own packages (`rollover.imports_graph.select_purge`, pure, on the
+   graph of declared and recorded dependencies) -- never the stdlib, gunicorn, rollover
+   itself, the names in `keep` (the worker class's), a distribution with a loaded C
+   extension, or what any of those depends on. A change there cannot be refreshed
    in-process: it is reported in `RefreshReport.needs_reexec` (`kill -USR2`), the package
    stays loaded as a whole (its `__path__` pinned to the real directory it came from when
    a release symlink flipped) and stays reported on every HUP until a re-exec.
@@ -51,11 +53,18 @@ import re
 import subprocess
 import sys
 import time
-import zipfile
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.machinery import EXTENSION_SUFFIXES, BuiltinImporter, FrozenImporter
 from typing import Any, NamedTuple
+
+from rollover import imports_graph
+from rollover.imports_graph import Dist as _Dist
+from rollover.imports_graph import PurgePlan, select_purge, versioned
+from rollover.imports_graph import dist_tops as _dist_tops
+from rollover.imports_graph import distributions as distributions
+
+imports_graph.install()  # import edges from now on: what depends on what, for the purge
 
 __all__ = [
     "Fingerprint",
@@ -70,6 +79,7 @@ __all__ = [
     "restore",
     "select_purge",
     "snapshot",
+    "versioned",
 ]
 
 DEFAULT_TIMEOUT = 10.0
@@ -125,6 +135,9 @@ class RefreshReport:
     paths_removed: list[str] = field(default_factory=list)
     modules_purged: list[str] = field(default_factory=list)
     """Top-level names; each was purged together with all its submodules."""
+    dependents_purged: list[str] = field(default_factory=list)
+    """Those of `modules_purged` that did not change themselves: they depend on one that
+    did, or they are the app's own (in no distribution)."""
     distributions_changed: dict[str, str] = field(default_factory=dict)
     """Distribution name -> "old -> new" ("none" for one that appeared or went away)."""
     finders_removed: list[str] = field(default_factory=list)
@@ -147,8 +160,13 @@ class RefreshReport:
             moves = [f"+{p}" for p in self.paths_added] + [f"-{p}" for p in self.paths_removed]
             parts.append(f"sys.path +{len(self.paths_added)} -{len(self.paths_removed)} "
                          f"({_short(moves)})")
-        if self.modules_purged:
-            parts.append(f"purged {_short(self.modules_purged, 8)}")
+        changed = [t for t in self.modules_purged if t not in self.dependents_purged]
+        dependents = _short(self.dependents_purged, 8)
+        if changed:
+            parts.append(f"purged {_short(changed, 8)}"
+                         + (f" (+ dependents {dependents})" if self.dependents_purged else ""))
+        elif self.dependents_purged:
+            parts.append(f"purged dependents {dependents}")
         if self.distributions_changed:
             parts.append("distributions " + _short(
                 [f"{k} {v}" for k, v in sorted(self.distributions_changed.items())]))
@@ -168,6 +186,7 @@ class RefreshReport:
             "paths_added": list(self.paths_added),
             "paths_removed": list(self.paths_removed),
             "modules_purged": list(self.modules_purged),
+            "dependents_purged": list(self.dependents_purged),
             "distributions_changed": dict(self.distributions_changed),
             "finders_removed": list(self.finders_removed),
             "needs_reexec": list(self.needs_reexec),
@@ -288,25 +307,6 @@ def _key(entry: str) -> str:
 
 # --------------------------------------------------------------------------- reconcile
 
-_VERSIONED = re.compile(
-    r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.]*?)-(?P<version>\d[A-Za-z0-9_.!+]*?)"
-    r"(?:-py\d+(?:\.\d+)?)?(?:-[A-Za-z0-9_.]+)*(?:\.(?:egg|zip|whl))?$"
-)
-
-
-def _normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "_", name).lower()
-
-
-def versioned(entry: str) -> tuple[str, str] | None:
-    """(normalized distribution name, version) for a versioned path such as
-    `.../pkg-1.0-py3.11.egg` or `.../pkg-1.0`; None otherwise."""
-    match = _VERSIONED.match(os.path.basename(os.path.normpath(entry)) if entry else "")
-    if match is None:
-        return None
-    return _normalize(match["name"]), match["version"]
-
-
 def reconcile(
     running: Sequence[str],
     fresh: Sequence[str],
@@ -396,28 +396,18 @@ def reconcile(
     return result, added, removed
 
 
-# --------------------------------------------------------------------------- purge selection
+# --------------------------------------------------------------------------- what changed
 
 
-class PurgePlan(NamedTuple):
-    purge: dict[str, str]
-    """Top-level name -> why it is purged (with all its submodules)."""
-    blocked: dict[str, str]
-    """Top-level name -> what changed, for packages that changed but must not be purged
-    (protected, or holding a changed C extension that is loaded): they need a re-exec."""
-
-
-def select_purge(
+def changed_tops(
     files: Mapping[str, str | None],
     before: Mapping[str, Fingerprint],
     now: Mapping[str, Fingerprint | None],
     *,
     since_ns: int,
-    protected: Collection[str] = frozenset(),
-    extensions: Collection[str] = frozenset(),
     moved: Mapping[str, str] | None = None,
-) -> PurgePlan:
-    """Which top-level packages to purge from `sys.modules`, and which cannot be.
+) -> dict[str, str]:
+    """Top-level packages that changed on disk -> why (the first reason found).
 
     `files` maps each loaded module (the caller leaves out the stdlib) to its file (None
     for a module without one); `before` holds the fingerprints of the previous pass,
@@ -425,16 +415,10 @@ def select_purge(
     gone, when its fingerprint differs from `before`, or -- a file without an earlier
     fingerprint, e.g. imported since -- when it was modified after `since_ns`. `moved`
     maps top-level names to a reason they changed as a whole (they resolve to another
-    location now, their distribution's version changed).
-
-    Selection is by top-level package: one changed module purges the package with all its
-    submodules (a partial purge would mix versions). A changed package is blocked instead
-    when its top-level name is `protected` or when one of its changed modules is a loaded
-    C extension (`extensions`): those cannot be re-imported in-process.
+    location now, their distribution's version changed). Which of them are purged, with
+    what depends on them, is `select_purge`'s decision (rollover.imports_graph).
     """
-    moved = moved or {}
-    changed: dict[str, list[str]] = {}
-    reasons: dict[str, str] = {}
+    out: dict[str, str] = {}
     for name in sorted(files):
         path = files[name]
         if path is None:
@@ -452,117 +436,10 @@ def select_purge(
             why = f"{path} changed"
         else:
             continue
-        changed.setdefault(top, []).append(name)
-        reasons.setdefault(top, why)
-    purge: dict[str, str] = {}
-    blocked: dict[str, str] = {}
-    for top in sorted(set(changed) | set(moved)):
-        why = moved.get(top) or reasons[top]
-        native = [m for m in changed.get(top, []) if m in extensions]
-        if top in protected:
-            blocked[top] = why
-        elif native:
-            blocked[top] = f"C extension {native[0]} is loaded and changed on disk ({why})"
-        else:
-            purge[top] = why
-    return PurgePlan(purge, blocked)
-
-
-# --------------------------------------------------------------------------- distributions
-
-
-class _Dist(NamedTuple):
-    name: str
-    version: str
-    meta: str  # the .dist-info / .egg-info / EGG-INFO directory (or zip member path)
-
-
-_DIST_INFO = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+?)(?:-py\d[^-]*)?"
-                        r"\.(?:dist-info|egg-info)$", re.IGNORECASE)
-_BARE_INFO = re.compile(r"^(?P<name>[^-]+)\.egg-info$", re.IGNORECASE)
-
-
-def _meta_version(meta: str) -> str:
-    for name in ("METADATA", "PKG-INFO"):
-        try:
-            with open(os.path.join(meta, name), encoding="utf-8", errors="replace") as fh:
-                for line in fh:
-                    if line.lower().startswith("version:"):
-                        return line.split(":", 1)[1].strip()
-                    if not line.strip():
-                        break
-        except OSError:
-            continue
-    return "?"
-
-
-def _dists_in(entry: str) -> Iterable[_Dist]:
-    base = os.path.basename(os.path.normpath(entry)) if entry else ""
-    if base.lower().endswith(".egg"):
-        parsed = versioned(entry)
-        if parsed is not None:
-            yield _Dist(parsed[0], parsed[1], os.path.join(entry, "EGG-INFO"))
-            return
-    if os.path.isdir(entry or "."):
-        try:
-            children = sorted(os.listdir(entry or "."))
-        except OSError:
-            return
-        for child in children:
-            match = _DIST_INFO.match(child)
-            if match is not None:
-                yield _Dist(_normalize(match["name"]), match["version"],
-                            os.path.join(entry, child))
-                continue
-            match = _BARE_INFO.match(child)
-            if match is not None:
-                meta = os.path.join(entry, child)
-                yield _Dist(_normalize(match["name"]), _meta_version(meta), meta)
-    elif zipfile.is_zipfile(entry):
-        try:
-            with zipfile.ZipFile(entry) as archive:
-                tops = sorted({n.split("/", 1)[0] for n in archive.namelist()})
-        except (OSError, zipfile.BadZipFile):
-            return
-        for child in tops:
-            match = _DIST_INFO.match(child)
-            if match is not None:
-                yield _Dist(_normalize(match["name"]), match["version"],
-                            f"{entry}/{child}")
-
-
-def distributions(path: Sequence[str]) -> dict[str, _Dist]:
-    """Normalized name -> the distribution a fresh import finds first on `path`.
-
-    Read from directory names (`name-version.dist-info`, eggs), so it costs one listdir
-    per path entry; a versionless `.egg-info` has its `PKG-INFO` read."""
-    found: dict[str, _Dist] = {}
-    for entry in path:
-        with contextlib.suppress(OSError, ValueError):
-            for dist in _dists_in(entry):
-                found.setdefault(dist.name, dist)
-    return found
-
-
-def _dist_tops(dist: _Dist) -> set[str]:
-    """Top-level import names a distribution provides (top_level.txt, else RECORD)."""
-    tops = {dist.name}
-    if not os.path.isdir(dist.meta):
-        return tops
-    top_level = os.path.join(dist.meta, "top_level.txt")
-    with contextlib.suppress(OSError), open(top_level, encoding="utf-8") as fh:
-        tops.update(line.strip() for line in fh if line.strip())
-        return tops
-    with contextlib.suppress(OSError), open(os.path.join(dist.meta, "RECORD"),
-                                            encoding="utf-8") as fh:
-        for line in fh:
-            first = line.split(",", 1)[0].split("/", 1)[0]
-            if first.endswith(".py"):
-                first = first[:-3]
-            if (first and first.isidentifier() and not first.startswith("__editable__")
-                    and first != "__pycache__"):
-                tops.add(first)
-    return tops
+        out.setdefault(top, why)
+    for top, why in (moved or {}).items():
+        out[top] = why
+    return dict(sorted(out.items()))
 
 
 # --------------------------------------------------------------------------- .pth files
@@ -1004,14 +881,16 @@ def refresh(
     protect_paths: Iterable[str] = (),
     executable: str | None = None,
     environ: Mapping[str, str] | None = None,
+    dependents: bool = True,
 ) -> RefreshReport:
     """Refresh this process's import state to what a fresh interpreter would see now.
 
     `keep`: extra top-level module names never purged (the worker class's); a change to
-    them is reported as needing a re-exec. `protect_paths`: sys.path entries never removed
-    (gunicorn's `chdir` and `pythonpath`). `timeout` bounds the fresh interpreter.
-    Raises RefreshError (nothing changed) on failure or timeout, NeedsReexec (a
-    RefreshError, nothing changed) when the interpreter changed on disk.
+    them is reported as needing a re-exec. `dependents`: also purge what depends on a
+    changed package, and the app's own modules (`select_purge`). `protect_paths`:
+    sys.path entries never removed (gunicorn's `chdir` and `pythonpath`). `timeout`
+    bounds the fresh interpreter. Raises RefreshError (nothing changed) on failure or
+    timeout, NeedsReexec (a RefreshError, nothing changed) when the interpreter changed.
     """
     global _registry
     started = time.monotonic()
@@ -1026,7 +905,8 @@ def refresh(
         raise NeedsReexec(interpreter)
     saved = snapshot()
     try:
-        _registry = _apply(report, reg, fresh, set(keep), list(protect_paths), pass_ns)
+        _registry = _apply(report, reg, fresh, set(keep), list(protect_paths), pass_ns,
+                           dependents)
     except BaseException as exc:
         restore(saved)
         if not isinstance(exc, Exception):
@@ -1044,6 +924,7 @@ def _apply(
     keep: set[str],
     protect_paths: list[str],
     pass_ns: int,
+    dependents: bool = True,
 ) -> _Registry:
     fresh_path = [str(p) for p in fresh["path"]]
     site_dirs = [str(d) for d in fresh["site_dirs"]]
@@ -1161,21 +1042,24 @@ def _apply(
         moved.setdefault(top, why)
     moved = {top: why for top, why in moved.items() if top in tops}
     now = {path: fingerprint(path) for path in set(filter(None, files.values()))}
-    extensions = {name for name, path in files.items() if _is_extension(path)}
+    changed = changed_tops(files, reg.modules, now, since_ns=since, moved=moved)
     kept = ALWAYS_KEPT | keep
-    pinned = _pinned_by(kept, tops)
-    plan = select_purge(files, reg.modules, now, since_ns=since, protected=kept | set(pinned),
-                        extensions=extensions, moved=moved)
+    facts = imports_graph.gather(
+        files, dists, changed=changed, protected=kept, held=_pinned_by(kept, tops),
+        extensions={name for name, path in files.items() if _is_extension(path)},
+        dependents=dependents)
+    plan = select_purge(facts)
     for top in plan.purge:
         prefix = top + "."
         for name in [n for n in sys.modules if n == top or n.startswith(prefix)]:
             sys.modules.pop(name, None)
+    imports_graph.forget(plan.purge)
     report.modules_purged = sorted(plan.purge)
+    report.dependents_purged = sorted(t for t in plan.purge if t not in changed)
     for top, why in plan.blocked.items():
-        held = f" (held by {pinned[top]}, which is never purged)" if top in pinned else ""
-        pins = _pin_package_dirs(top, reg.package_dirs)
+        pins = _pin_package_dirs(top, reg.package_dirs) if top in changed else []
         kept_at = f"; submodules still load from {', '.join(pins)}" if pins else ""
-        report.needs_reexec.append(f"{top}: {why}{held}{kept_at}")
+        report.needs_reexec.append(f"{top}: {why}{kept_at}")
     loaded_gunicorn = getattr(sys.modules.get("gunicorn"), "__version__", None)
     on_disk = dists.get("gunicorn")
     if loaded_gunicorn and on_disk and on_disk.version != loaded_gunicorn \
@@ -1188,7 +1072,7 @@ def _apply(
     package_dirs = _package_dirs(n for n in files if n.partition(".")[0] not in plan.purge)
     for name, path in files.items():
         top = name.partition(".")[0]
-        if top in plan.blocked:
+        if top in plan.blocked and top in changed:
             if name in reg.package_dirs:
                 package_dirs[name] = reg.package_dirs[name]
             if path is not None:

@@ -15,7 +15,8 @@ Rules, in the words of the README:
 - A new-generation worker that exits before READY, misses the ready timeout, or crashes
   after READY aborts the roll: no more new-generation spawns, its booting workers are
   killed, the workers not yet retired keep serving; missing slots are refilled with
-  backoff. Nothing here ever halts a master that has served once.
+  backoff, as the serving generation (`Revert`: the master forks its config again, and
+  with `RollBack` its code). Nothing here ever halts a master that has served once.
 - A reload during a roll supersedes it; booting workers of older generations are killed.
 """
 
@@ -65,6 +66,14 @@ class Kill:
 
 
 @dataclass(frozen=True)
+class Revert:
+    """An aborted roll: fork `generation`'s config again (the master kept it: its config,
+    rollover settings, environment and cwd), dropping the aborted generation's."""
+
+    generation: int
+
+
+@dataclass(frozen=True)
 class RollBack:
     """Make the master fork `generation`'s code again (it kept that code: preload_app)."""
 
@@ -85,7 +94,7 @@ class Halt:
     exit_code: int
 
 
-Action = Spawn | Retire | Kill | RollBack | Log | Halt
+Action = Spawn | Retire | Kill | Revert | RollBack | Log | Halt
 
 
 # -- state ---------------------------------------------------------------------------------
@@ -137,7 +146,7 @@ class Machine:
     policy: Policy
     target: int
     generation: int = 0
-    spawn_generation: int = 0  # the code the master forks now (behind after a rollback)
+    spawn_generation: int = 0  # the config (and code) the master forks now: the serving one
     stable_generation: int = 0  # the generation last rolled out completely
     reloads: int = 0
     workers: dict[int, Worker] = field(default_factory=dict)
@@ -147,6 +156,7 @@ class Machine:
     failures: int = 0
     next_spawn_at: float = 0.0
     last_failure_at: float = float("-inf")
+    last_failure: str | None = None  # why the last respawn (or worker) failed
     ever_ready: bool = False
     halted: bool = False
     _out: list[Action] = field(default_factory=list)
@@ -245,9 +255,9 @@ class Machine:
                              f"{description} after READY")
         elif exit_code != 0 and now - w.since < self.policy.stable_after:
             # crashing soon after READY is a crash loop in the making: back off
-            delay = self._back_off(now)
-            self._log("error", f"worker {pid} {description} {now - w.since:.1f}s after "
-                               f"READY; next respawn in {delay:g}s")
+            cause = f"worker {pid} {description} {now - w.since:.1f}s after READY"
+            delay = self._back_off(now, cause)
+            self._log("error", f"{cause}; next respawn in {delay:g}s")
         elif exit_code == 0:
             # left by itself, e.g. gunicorn's max_requests: a planned exit
             self._log("info", f"worker {pid} {description}")
@@ -355,12 +365,13 @@ class Machine:
             self._out.append(Halt(cause, code))
             self.halted = True
             return
-        delay = self._back_off(now)
+        delay = self._back_off(now, cause)
         self._log("error", f"{cause}; next respawn in {delay:g}s")
 
-    def _back_off(self, now: float) -> float:
+    def _back_off(self, now: float, cause: str) -> float:
         self.failures += 1
         self.last_failure_at = now
+        self.last_failure = cause
         delay = min(self.policy.backoff_base * 2 ** (self.failures - 1),
                     self.policy.backoff_max)
         self.next_spawn_at = now + delay
@@ -374,10 +385,13 @@ class Machine:
                 self._kill(now, w, "its roll was aborted")
         self._finish(now, Result.ABORTED, cause)
         if roll.is_rollback:
-            self._back_off(now)
+            self._back_off(now, cause)
             self._log("error", f"rollback to generation {roll.generation} failed: {cause}")
             return
         self._log("error", f"rollout of generation {roll.generation} aborted: {cause}")
+        # Respawns from now on are the serving generation's, never the aborted one's.
+        self._out.append(Revert(self.stable_generation))
+        self.spawn_generation = self.stable_generation
         if roll.can_roll_back:
             # The master still holds the stable code: go back to one consistent generation.
             self._out.append(RollBack(self.stable_generation))
@@ -388,7 +402,7 @@ class Machine:
             self._log("info", f"rolling back to generation {self.stable_generation}")
         else:
             # The code on disk is what failed: refill missing slots, if any, with backoff.
-            self._back_off(now)
+            self._back_off(now, cause)
 
     def _finish(self, now: float, result: Result, error: str | None) -> None:
         roll = self.rollout
@@ -445,9 +459,15 @@ class Machine:
         last = record(self.last_rollout)
         if last is not None:
             last["rollback"] = self.last_rollout.rollback
+        respawn = None
+        if self.failures:
+            respawn = {"failures": self.failures, "last_failure": self.last_failure,
+                       "next_at": wall(self.next_spawn_at)}
         return {
             "generation": self.generation,
+            "serving_generation": self.spawn_generation,
             "state": self.state,
+            "respawn": respawn,
             "workers_target": self.target,
             "reloads": self.reloads,
             "workers": [{"pid": w.pid, "generation": w.generation, "state": str(w.state),

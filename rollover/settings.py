@@ -79,6 +79,8 @@ class Settings:
     """Upper bound of the delay between respawns of a worker that keeps failing to boot."""
     refresh: bool
     """Refresh import state (sys.path, importer caches, changed modules) on HUP."""
+    refresh_dependents: bool
+    """On refresh, also purge what depends on a changed package, and the app's modules."""
     refresh_timeout: float
     """Seconds the HUP-time refresh may block the master (its fresh interpreter)."""
     probe_path: str | None
@@ -120,6 +122,7 @@ _SPECS: dict[str, tuple[Callable[[str, Any], Any], Callable[[Any], Any]]] = {
         lambda cfg: 30.0,
     ),
     "refresh": (_bool, lambda cfg: True),
+    "refresh_dependents": (_bool, lambda cfg: True),
     "refresh_timeout": (
         lambda n, v: _number(n, v, minimum=0.5),
         lambda cfg: 10.0,

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from rollover import imports_graph
 from rollover import refresh as rf
-from rollover.refresh import Fingerprint, reconcile, select_purge, versioned
+from rollover.imports_graph import GraphFacts
+from rollover.refresh import Fingerprint, changed_tops, reconcile, select_purge, versioned
 
 SP = "/venv/lib/python3.11/site-packages"
 STD = ["/py/lib/python311.zip", "/py/lib/python3.11", "/py/lib/python3.11/lib-dynload"]
@@ -142,61 +144,139 @@ def with_changes(**changes: Fingerprint | None) -> dict[str, Fingerprint | None]
     return now
 
 
-def plan(now, before=BEFORE, files=FILES, **kwargs):
+def changed(now, before=BEFORE, files=FILES, **kwargs):
     kwargs.setdefault("since_ns", 1_000)
-    kwargs.setdefault("protected", {"gunicorn", "rollover", "workerlib"})
-    kwargs.setdefault("extensions", {"pkg._speed"})
-    return select_purge(files, before, now, **kwargs)
+    return changed_tops(files, before, now, **kwargs)
 
 
-def test_purge_nothing_changed():
-    assert plan(with_changes()) == ({}, {})
+def test_changed_nothing():
+    assert changed(with_changes()) == {}
 
 
-def test_purge_changed_submodule_takes_the_whole_package():
-    result = plan(with_changes(pkg__sub__deep=fp(99)))
-    assert list(result.purge) == ["pkg"]
-    assert "/sp/pkg/sub/deep.py changed" in result.purge["pkg"]
-    assert result.blocked == {}
+def test_changed_submodule_names_the_whole_package():
+    assert changed(with_changes(pkg__sub__deep=fp(99))) == {
+        "pkg": "/sp/pkg/sub/deep.py changed"}
 
 
-def test_purge_gone_file():
-    result = plan(with_changes(other=None))
-    assert result.purge == {"other": "/sp/other.py is gone"}
+def test_changed_gone_file():
+    assert changed(with_changes(other=None)) == {"other": "/sp/other.py is gone"}
 
 
-def test_purge_file_without_earlier_fingerprint_uses_the_time():
+def test_changed_file_without_earlier_fingerprint_uses_the_time():
     before = {k: v for k, v in BEFORE.items() if k != "/sp/other.py"}
-    assert plan(with_changes(other=fp(50, mtime=999)), before=before).purge == {}
-    assert list(plan(with_changes(other=fp(50, mtime=1001)), before=before).purge) == ["other"]
+    assert changed(with_changes(other=fp(50, mtime=999)), before=before) == {}
+    assert list(changed(with_changes(other=fp(50, mtime=1001)), before=before)) == ["other"]
 
 
-def test_purge_protected_is_blocked_not_purged():
-    result = plan(with_changes(gunicorn=fp(77), workerlib=fp(78)))
-    assert result.purge == {}
-    assert sorted(result.blocked) == ["gunicorn", "workerlib"]
+def test_changed_moved_or_new_distribution_version_wins():
+    result = changed(with_changes(other=fp(3)), moved={
+        "other": "distribution other 1.0 -> 2.0",
+        "gunicorn": "distribution gunicorn 27.0.1 -> 27.0.2"})
+    assert result == {"gunicorn": "distribution gunicorn 27.0.1 -> 27.0.2",
+                      "other": "distribution other 1.0 -> 2.0"}
 
 
-def test_purge_changed_c_extension_blocks_its_package():
-    result = plan(with_changes(pkg___speed=fp(66), pkg__sub=fp(67)))
-    assert result.purge == {}
-    assert "C extension pkg._speed" in result.blocked["pkg"]
+def test_changed_module_without_file_is_left_alone():
+    assert changed({}, files={"ns": None}, before={}) == {}
 
 
-def test_purge_unchanged_c_extension_goes_with_its_package():
-    result = plan(with_changes(pkg__sub=fp(67)))
-    assert list(result.purge) == ["pkg"]
+# select_purge: the graph decision (rollover.imports_graph), on hand-written facts
+
+LOADED = frozenset({"dep", "mid", "leaf", "app", "cext", "user_of_cext", "gunicorn",
+                    "rollover", "packaging", "workerlib", "plugins"})
+EDGES = {
+    "mid": {"dep"},             # from dep import __version__ as DEP (or Requires-Dist)
+    "leaf": {"mid"},            # two steps away from dep
+    "app": {"leaf", "cext"},
+    "user_of_cext": {"cext"},
+    "cext": {"dep2"},           # dep2 is not loaded: ignored
+    "gunicorn": {"packaging"},  # gunicorn's Requires-Dist
+    "rollover": {"gunicorn"},
+    "plugins": {"app"},         # a registry that imported the app's modules
+}
 
 
-def test_purge_moved_or_new_distribution_version():
-    result = plan(with_changes(), moved={"other": "distribution other 1.0 -> 2.0",
-                                         "gunicorn": "distribution gunicorn 27.0.1 -> 27.0.2"})
-    assert result.purge == {"other": "distribution other 1.0 -> 2.0"}
-    assert result.blocked == {"gunicorn": "distribution gunicorn 27.0.1 -> 27.0.2"}
+def facts(**kwargs) -> GraphFacts:
+    kwargs.setdefault("loaded", LOADED)
+    kwargs.setdefault("edges", EDGES)
+    kwargs.setdefault("app", frozenset({"app"}))
+    kwargs.setdefault("protected", frozenset({"gunicorn", "rollover", "workerlib"}))
+    kwargs.setdefault("native", {"cext": "cext._speed"})
+    return GraphFacts(**kwargs)
 
 
-def test_purge_module_without_file_is_left_alone():
-    assert plan({}, files={"ns": None}, before={}) == ({}, {})
+def test_select_nothing_changed_purges_the_app_and_what_reaches_it():
+    plan = select_purge(facts())
+    assert plan.purge == {"app": "the app's own package", "plugins": "depends on app"}
+    assert plan.blocked == {}
+
+
+def test_select_changed_package_takes_every_dependent_along():
+    plan = select_purge(facts(changed={"dep": "distribution dep 1.0 -> 2.0"}))
+    assert plan.purge == {"dep": "distribution dep 1.0 -> 2.0", "mid": "depends on dep",
+                          "leaf": "depends on mid", "app": "the app's own package",
+                          "plugins": "depends on app"}
+    assert plan.blocked == {}
+
+
+def test_select_without_dependents_purges_only_what_changed():
+    plan = select_purge(facts(changed={"dep": "x"}, dependents=False))
+    assert plan == ({"dep": "x"}, {})
+
+
+def test_select_protected_change_is_blocked_and_what_it_holds_stays():
+    plan = select_purge(facts(changed={"gunicorn": "g 1 -> 2", "packaging": "p 1 -> 2",
+                                       "workerlib": "w changed"}))
+    assert plan.purge == {"app": "the app's own package", "plugins": "depends on app"}
+    assert plan.blocked == {"gunicorn": "g 1 -> 2", "workerlib": "w changed",
+                            "packaging": "p 1 -> 2 (held by gunicorn, which is never purged)"}
+
+
+def test_select_held_by_protected_code_through_its_namespace():
+    plan = select_purge(facts(changed={"dep": "d"}, held={"mid": "workerlib"}))
+    # mid stays (workerlib holds it), so does what mid depends on: dep is blocked
+    assert "dep" not in plan.purge and "mid" not in plan.purge and "leaf" not in plan.purge
+    assert plan.blocked == {"dep": "d (held by workerlib, which is never purged)"}
+
+
+def test_select_changed_distribution_with_a_loaded_c_extension_is_kept_whole():
+    plan = select_purge(facts(changed={"cext": "distribution cext 1.0 -> 2.0"}))
+    assert "cext" not in plan.purge and "user_of_cext" not in plan.purge
+    assert plan.blocked == {
+        "cext": "distribution cext 1.0 -> 2.0; holds the loaded C extension cext._speed, "
+                "kept whole"}
+
+
+def test_select_c_extension_reaching_a_change_keeps_it_and_is_listed():
+    edges = {**EDGES, "cext": {"dep"}}
+    plan = select_purge(facts(edges=edges, changed={"dep": "dep 1 -> 2"}))
+    # cext holds dep: dep stays on its old version for everyone, no mixing; mid, which
+    # only reaches dep, has nothing new to re-import against
+    assert "dep" not in plan.purge and "cext" not in plan.purge and "mid" not in plan.purge
+    assert plan.blocked == {
+        "dep": "dep 1 -> 2 (held by cext, which holds a loaded C extension)",
+        "cext": "depends on dep, which changed; holds the loaded C extension cext._speed, "
+                "kept whole"}
+
+
+def test_select_cycle_and_unloaded_edges():
+    edges = {"a": {"b"}, "b": {"a", "gone"}, "c": {"b"}}
+    plan = select_purge(GraphFacts(loaded=frozenset({"a", "b", "c"}), edges=edges,
+                                   changed={"a": "a changed", "gone": "not loaded"}))
+    assert plan.purge == {"a": "a changed", "b": "depends on a", "c": "depends on b"}
+
+
+@pytest.mark.parametrize(("metadata", "requires_txt", "expected"), [
+    ("Metadata-Version: 2.1\nName: mid\nRequires-Dist: dep\n"
+     "Requires-Dist: Other.Thing (>=1.0)\nRequires-Dist: extra-only ; extra == \"x\"\n"
+     "Requires-Dist: old-py ; python_version < \"3.8\"\n\nRequires-Dist: in-body\n",
+     "", {"dep", "other_thing", "old_py"}),
+    ("Name: egg\n", "dep>=1\n[:python_version < '3.12']\nmarked\n[extra]\nskipped\n",
+     {"dep", "marked"}),
+    ("", "", set()),
+])
+def test_parse_requires(metadata, requires_txt, expected):
+    assert imports_graph.parse_requires(metadata, requires_txt) == expected
 
 
 # --------------------------------------------------------------------------- snapshot/restore

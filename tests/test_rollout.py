@@ -28,6 +28,7 @@ from rollover.rollout import (
     Policy,
     Result,
     Retire,
+    Revert,
     RollBack,
     Spawn,
     WorkerState,
@@ -580,10 +581,11 @@ def test_refill_after_an_abort_waits_for_the_backoff_which_doubles_up_to_max():
     d.exit(d.pids(READY, generation=0)[0], code=1)  # an old worker dies: a slot is missing
     assert d.machine.state == "degraded"
 
-    # No crash loop: each refill (code on disk is generation 1) waits, one at a time.
+    # No crash loop: each refill (generation 0's config, the code on disk) waits, one at
+    # a time.
     for delay in (1.0, 2.0, 4.0, 5.0, 5.0):
         probe = assert_next_spawn_after(d, delay)
-        assert d.machine.workers[probe].generation == 1
+        assert d.machine.workers[probe].generation == 0
         d.fail(probe, CAUSE)
     assert not any(isinstance(a, Halt) for a in d.actions)
 
@@ -617,7 +619,7 @@ def test_refill_of_several_missing_slots_probes_one_worker_at_a_time():
     d.ready(*step.spawned)
     d.tick()
     assert d.machine.state == "idle"
-    assert d.generations() == [0, 0, 1, 1]
+    assert d.generations() == [0, 0, 0, 0]  # refilled as the serving generation
 
 
 def test_ready_timeout_kills_the_new_worker_and_aborts_naming_the_timeout():
@@ -998,7 +1000,9 @@ def test_describe_when_idle():
 
     assert d.machine.describe(wall) == {
         "generation": 0,
+        "serving_generation": 0,
         "state": "idle",
+        "respawn": None,
         "workers_target": 2,
         "reloads": 0,
         "workers": [
@@ -1049,6 +1053,7 @@ def test_describe_after_an_aborted_roll():
     status = d.machine.describe(wall)
 
     assert status["state"] == "idle"
+    assert (status["generation"], status["serving_generation"]) == (1, 0)
     assert status["rollout"] is None
     assert status["last_rollout"] == {
         "generation": 1, "reload": 1, "result": "aborted", "error": CAUSE, "min_ready": 2,
@@ -1182,3 +1187,44 @@ def test_workers_the_master_stopped_are_no_fault_even_mid_roll():
     d.tick()
     faults = [a for a in d.actions if isinstance(a, Log) and a.level in ("warning", "error")]
     assert faults == []
+
+
+def test_an_aborted_roll_reverts_to_the_serving_generations_config():
+    d = booted(target=2)
+    d.reload()
+    (new,) = d.tick().spawned
+    assert d.machine.describe(wall)["serving_generation"] == 1  # respawns are the roll's
+    d.fail(new, CAUSE)
+    step = d.tick()
+
+    assert Revert(0) in step.actions
+    assert not any(isinstance(a, RollBack) for a in step.actions)
+    d.exit(d.pids(READY)[0], code=None)  # an old worker dies after the abort
+    replacement = assert_next_spawn_after(d, 1.0)
+    assert d.machine.workers[replacement].generation == 0
+    assert d.machine.describe(wall)["serving_generation"] == 0
+
+
+def test_revert_comes_before_the_rollback_and_the_respawns():
+    d = booted(target=2)
+    d.reload(can_roll_back=True)
+    (new,) = d.tick().spawned
+    d.fail(new, CAUSE)
+    actions = d.tick().actions
+    kinds = [type(a) for a in actions if isinstance(a, Revert | RollBack | Spawn)]
+    assert kinds[:2] == [Revert, RollBack]
+
+
+def test_describe_says_why_it_is_degraded():
+    d = booted(target=2, backoff_base=1.0)
+    d.exit(d.pids(READY)[0], code=None)
+    (probe,) = d.tick().spawned
+    d.fail(probe, "readiness probe GET /healthz answered 404")
+    d.tick()
+
+    status = d.machine.describe(wall)
+
+    assert status["state"] == "degraded"
+    assert status["respawn"] == {
+        "failures": 1, "last_failure": "readiness probe GET /healthz answered 404",
+        "next_at": f"T+{d.now + 1:g}"}

@@ -78,7 +78,8 @@ def test_every_setting_has_a_documented_name() -> None:
     assert set(NAMES) == {
         "rollover_ready_timeout", "rollover_max_surge", "rollover_status_path",
         "rollover_graceful_timeout", "rollover_max_draining", "rollover_backoff_max",
-        "rollover_refresh", "rollover_refresh_timeout", "rollover_probe_path",
+        "rollover_refresh", "rollover_refresh_dependents", "rollover_refresh_timeout",
+        "rollover_probe_path",
         "rollover_reexec_python", "rollover_drain",
     }
 
