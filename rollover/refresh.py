@@ -515,12 +515,27 @@ def _module_file(module: Any) -> str | None:
     return path if isinstance(path, str) and path else None
 
 
+def _stdlib_dirs() -> tuple[str, ...]:
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    return tuple({os.path.join(paths[k], "") for k in ("stdlib", "platstdlib") if k in paths})
+
+
+# The stdlib's own directories: a module there that `sys.stdlib_module_names` does not
+# name (`_sysconfigdata_<abi>_<platform>`) is the stdlib all the same.
+_STDLIB_DIRS = _stdlib_dirs()
+
+
 def _considered(name: str, module: Any) -> bool:
     """Modules the purge looks at: loaded, not the stdlib, not startup-only modules."""
     if module is None or name in _IGNORED or _is_stdlib(name):
         return False
     top = name.partition(".")[0]
-    return not (top in _IGNORED or top.startswith("__editable__"))
+    if top in _IGNORED or top.startswith("__editable__"):
+        return False
+    path = _module_file(module)
+    return not (path and path.startswith(_STDLIB_DIRS) and "-packages" not in path)
 
 
 def _loaded_files() -> dict[str, str | None]:
