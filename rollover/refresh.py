@@ -532,10 +532,18 @@ def _considered(name: str, module: Any) -> bool:
     if module is None or name in _IGNORED or _is_stdlib(name):
         return False
     top = name.partition(".")[0]
-    if top in _IGNORED or top.startswith("__editable__"):
+    if top in _IGNORED or top.startswith("__editable__") or _alias_of(name, module):
         return False
     path = _module_file(module)
     return not (path and path.startswith(_STDLIB_DIRS) and "-packages" not in path)
+
+
+def _alias_of(name: str, module: Any) -> str | None:
+    """The real name of a module that is in `sys.modules` under another name too (Cython's
+    `_cyutility` is `pandas._libs._cyutility`): it goes with the real name's package."""
+    real = getattr(getattr(module, "__spec__", None), "name", None)
+    return real if isinstance(real, str) and real != name and sys.modules.get(real) is module \
+        else None
 
 
 def _loaded_files() -> dict[str, str | None]:
@@ -1064,9 +1072,9 @@ def _apply(
         extensions={name for name, path in files.items() if _is_extension(path)},
         dependents=dependents)
     plan = select_purge(facts)
-    for top in plan.purge:
-        prefix = top + "."
-        for name in [n for n in sys.modules if n == top or n.startswith(prefix)]:
+    for name, module in list(sys.modules.items()):
+        real = _alias_of(name, module) or name
+        if real.partition(".")[0] in plan.purge:
             sys.modules.pop(name, None)
     imports_graph.forget(plan.purge)
     report.modules_purged = sorted(plan.purge)

@@ -446,3 +446,18 @@ def test_refresh_refuses_another_interpreter_and_touches_nothing(monkeypatch):
         rf.refresh()
     assert _import_state() == before
     assert rf._registry is reg
+
+
+def test_a_module_known_under_a_second_name_goes_with_its_real_package(monkeypatch):
+    """Cython registers `pandas._libs._cyutility` as `_cyutility` too: not a package of its
+    own (none that a fresh import finds), purged with pandas."""
+    import importlib.machinery
+
+    module = types.ModuleType("_rollover_real.sub")
+    module.__spec__ = importlib.machinery.ModuleSpec("_rollover_real.sub", None,
+                                                     origin="/sp/_rollover_real/sub.so")
+    monkeypatch.setitem(sys.modules, "_rollover_real.sub", module)
+    monkeypatch.setitem(sys.modules, "_rollover_alias", module)
+    assert rf._alias_of("_rollover_alias", module) == "_rollover_real.sub"
+    assert rf._alias_of("_rollover_real.sub", module) is None
+    assert not rf._considered("_rollover_alias", module)
