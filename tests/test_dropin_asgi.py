@@ -1,7 +1,7 @@
 """Drop-in, gunicorn's asgi worker: `-k asgi` (or `rollover.workers.ASGIWorker`) rolls with
 readiness and rollover's drain, failing nothing and logging nothing at WARNING.
 
-16 keep-alive and 16 new-connection clients through one HUP (4 workers, 1 s boot, the
+16 keep-alive and 16 new-connection clients through one HUP (4 workers, 1.5 s boot, the
 readiness probe on, through ASGI). Without the drain the same class fails keep-alive
 requests: tests/test_dropin_baselines.py.
 """

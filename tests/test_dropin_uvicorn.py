@@ -2,7 +2,7 @@
 `uvicorn.workers` ones, uvicorn-worker's, rollover's aliases, a user's subclass that only
 sets CONFIG_KWARGS), one HUP under load fails nothing and logs nothing at WARNING.
 
-16 keep-alive and 16 new-connection clients through one HUP (4 workers, 1 s boot, the
+16 keep-alive and 16 new-connection clients through one HUP (4 workers, 1.5 s boot, the
 readiness probe on, so each class is also probed through ASGI). The stock classes fail
 keep-alive requests when the drain is off: tests/test_dropin_baselines.py.
 """

@@ -1,7 +1,7 @@
 """Drop-in, WSGI families: the user's own `-k` (sync, gthread, gevent, eventlet) rolls with
 readiness and gunicorn's own drain, failing nothing and logging nothing at WARNING.
 
-16 keep-alive and 16 new-connection clients through one HUP (4 workers, 1 s boot, the
+16 keep-alive and 16 new-connection clients through one HUP (4 workers, 1.5 s boot, the
 readiness probe on). The able-to-fail baseline for WSGI is stock gunicorn's HUP stall
 (tests/test_stock_baseline.py).
 """

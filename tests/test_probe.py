@@ -327,3 +327,43 @@ def test_lifespan_startup_failure_is_the_cause(
     assert "lifespan startup failed" in (last["error"] or ""), aborted
     assert "database unreachable" in last["error"], aborted
     master.wait_serving()
+
+
+# Each ASGI worker class as a user's config names it (rollover extends it at start).
+ASGI_CLASSES = [
+    "asgi",
+    "uvicorn.workers.UvicornWorker",
+    "uvicorn.workers.UvicornH11Worker",
+    "uvicorn_worker.UvicornWorker",
+    "uvicorn_worker.UvicornH11Worker",
+]
+
+
+@pytest.mark.parametrize("worker_class", ASGI_CLASSES)
+def test_every_asgi_class_is_probed_through_asgi(
+    tmp_path: Path, masters: Callable[..., Master], worker_class: str
+) -> None:
+    """The probe goes through ASGI, carrying the lifespan state (a WSGI probe of this app
+    raises TypeError; one without the state gets 503); a failing probe still stops a
+    first start with exit code 3."""
+    import importlib.util
+
+    if worker_class == "asgi" and importlib.util.find_spec("gunicorn.workers.gasgi") is None:
+        pytest.skip("this gunicorn has no asgi worker (24.1+)")
+    if worker_class.startswith("uvicorn.workers.") and importlib.util.find_spec(
+            "uvicorn.workers") is None:
+        pytest.skip("uvicorn has no uvicorn.workers")
+    app = ProbeApp(tmp_path / "app", "starlette")
+    app.write("v1", boot_delay=0.5)
+    good = start_probed(masters, app, 2, worker_class)
+    good.stop()
+
+    broken = ProbeApp(tmp_path / "broken", "starlette")
+    broken.health = "500"
+    broken.write("v1", boot_delay=0.5)
+    master = masters(broken, workers=2, worker_class=worker_class, env=ENV)
+    code = master.wait_exit(30)
+    print(f"\n[probe {worker_class}] probed through ASGI in {sorted(probed_pids(good))}; "
+          f"a failing probe at first start: master exit code {code}")
+    assert code == 3, master.tail()
+    assert f"readiness probe GET {PROBE} answered 500" in master.log_text(), master.tail()

@@ -19,17 +19,21 @@ from typing import Any
 
 from harness import AppCode, Load, Master, check_roll, figures, roll_done, start_settled
 
-BOOT = 1.0
+BOOT = 1.5
 WORKERS = 4
 CLIENTS = 16
-GRACEFUL = 3
+# gunicorn's gevent worker checks every 1 s whether its connections are gone: 3 s can run out
+# on a loaded machine, and the master then kills it (a WARNING)
+GRACEFUL = 5
 PROBE = "/healthz"
 # Seconds each client pauses between requests (see harness.Load). ASGI classes get none:
 # a keep-alive client that sends its next request at once is what catches a drain closing
 # connections it thinks idle (with 20 ms pauses the stock classes mostly get away with it:
 # the client sees the close before its next request); WSGI classes get 20 ms, sparing the
 # CPU for the sync worker (no keep-alive) and stock gunicorn's drain, which fails nothing.
+# New-connection clients pause 5 ms: the load generator is one Python process (one GIL).
 THINK = {"asgi": 0.0, "wsgi": 0.02}
+NEW_CONN_THINK = {"asgi": 0.005, "wsgi": 0.02}
 
 # gunicorn's log format: "[date] [pid] [LEVEL] message"
 _FAULT = re.compile(r"\[(WARNING|ERROR|CRITICAL)\]|Traceback \(most recent call last\)")
@@ -137,10 +141,12 @@ def start(masters: Callable[..., Master], app: AppCode, worker_class: str,
 
 
 def roll(master: Master, app: AppCode, version: str, *, new_conn_clients: int = CLIENTS,
-         keepalive_clients: int = CLIENTS, think: float = THINK["asgi"]) -> RollResult:
+         keepalive_clients: int = CLIENTS, kind: str = "asgi") -> RollResult:
     """Load, one HUP to `version`, until the old workers are gone and the new ones answer."""
-    with Load(master.port, clients=keepalive_clients, keepalive=True, think=think) as ka, \
-            Load(master.port, clients=new_conn_clients, keepalive=False, think=think) as nc:
+    with Load(master.port, clients=keepalive_clients, keepalive=True,
+              think=THINK[kind]) as ka, \
+            Load(master.port, clients=new_conn_clients, keepalive=False,
+                 think=NEW_CONN_THINK[kind]) as nc:
         ka.run_for(1.0, min_requests=keepalive_clients)
         nc.wait_requests(new_conn_clients)
         before = master.status()
@@ -164,7 +170,7 @@ def roll_under_load(masters: Callable[..., Master], make_app: Callable[..., AppC
     if worker_class.startswith("custom_workers."):
         write_custom_workers(app)
     master = start(masters, app, worker_class)
-    return roll(master, app, "v2", think=THINK[kind])
+    return roll(master, app, "v2", kind=kind)
 
 
 def failing_rolls(masters: Callable[..., Master], make_app: Callable[..., AppCode],
