@@ -38,6 +38,7 @@ __all__ = ["ASGIDrain"]
 class ASGIDrain(_Base):
     """Goes in front of gunicorn's `ASGIWorker` (or a subclass keeping its serving loop)."""
 
+    asgi: Any  # gunicorn's worker sets it in load_wsgi
     _rollover_term_at: float | None = None
     _rollover_drain_task: asyncio.Task[None] | None = None
     _rollover_main: asyncio.Task[Any] | None = None

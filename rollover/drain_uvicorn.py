@@ -65,6 +65,7 @@ class DrainingServer(Server):
         self.drain.draining = True
         loop = asyncio.get_running_loop()
         linger = max(float(self.config.timeout_keep_alive or 0), 0.5)
+        connection: Any  # uvicorn's protocols; HTTP/1 ones have a `cycle`
         for connection in list(self.server_state.connections):
             if not _is_http(connection):
                 connection.shutdown()  # websockets: close code 1012
@@ -97,6 +98,7 @@ class DrainingServer(Server):
     def _end_streams(self) -> None:
         """At the drain deadline: end what is still open (see `rollover.drain`)."""
         ended = cut = 0
+        connection: Any
         for connection in list(self.server_state.connections):
             transport = getattr(connection, "transport", None)
             if transport is None or transport.is_closing():
@@ -122,10 +124,7 @@ class DrainingServer(Server):
 
 def _finish_body(connection: Any) -> bool:
     """Write the end of the response body in progress, if its framing allows; True if so."""
-    try:
-        import h11
-    except ImportError:  # pragma: no cover - h11 is a uvicorn dependency
-        h11 = None
+    h11 = sys.modules.get("h11")  # loaded if uvicorn runs its h11 protocol
     h11_connection = getattr(connection, "conn", None)
     if h11 is not None and isinstance(h11_connection, h11.Connection):
         try:
