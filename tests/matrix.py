@@ -68,8 +68,8 @@ def requirements(version: str) -> list[str]:
         "pytest>=8",
     ]
     if version == UVICORN_WORKER_SUITE_GUNICORN:
-        # what uvicorn-worker's tests/conftest.py imports, and xdist to run it in parallel
-        reqs += ["trustme", "cryptography", "pytest-xdist"]
+        # what uvicorn-worker's tests/conftest.py imports
+        reqs += ["trustme", "cryptography"]
     return reqs
 
 
