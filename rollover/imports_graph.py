@@ -67,10 +67,20 @@ def _record(importer: Any, name: str) -> None:
 
 def _recording_import(name: str, globals: Any = None, locals: Any = None,
                       fromlist: Any = (), level: int = 0) -> Any:
-    # A relative import stays inside the importer's own package: no edge.
-    if level == 0 and globals is not None and name:
-        with contextlib.suppress(Exception):
-            _record(globals.get("__name__"), name)
+    # A relative import stays inside the importer's own package: no edge. Kept cheap:
+    # it runs for every import statement the master executes (~0.2 µs here).
+    if not level and globals:
+        try:
+            importer = globals["__name__"]
+            a, b = importer.partition(".")[0], name.partition(".")[0]
+            if a != b:
+                targets = _edges.get(a)
+                if targets is None:
+                    _edges[a] = {b}
+                else:
+                    targets.add(b)
+        except Exception:  # a globals without a str __name__: nothing to record
+            pass
     return _original_import(name, globals, locals, fromlist, level)
 
 

@@ -872,6 +872,36 @@ def _pinned_by(kept: Collection[str], candidates: Collection[str]) -> dict[str, 
     return out
 
 
+def _owner_top(obj: Any) -> str | None:
+    """The top-level package whose code `obj` is (a function, a bound method, a class, or
+    an instance of a class), None when unknown."""
+    target = getattr(obj, "__func__", obj)
+    owner = getattr(target, "__module__", None) if isinstance(
+        target, type | type(_owner_top)) else type(target).__module__
+    return owner.partition(".")[0] if isinstance(owner, str) else None
+
+
+def _detach_finalizers(purged: Collection[str]) -> int:
+    """`weakref.finalize` entries whose object and callback both belong to purged code
+    (Django's signals register one per weakly connected receiver): they would keep the
+    purged modules alive for the life of the master, one copy per HUP. Detached, the
+    purged code is collected; returns how many."""
+    import weakref
+
+    registry = getattr(weakref.finalize, "_registry", None)
+    if not purged or not isinstance(registry, dict):
+        return 0
+    detached = 0
+    for finalizer, info in list(registry.items()):
+        with contextlib.suppress(Exception):
+            obj = info.weakref()
+            if (obj is not None and _owner_top(info.func) in purged
+                    and _owner_top(obj) in purged):
+                finalizer.detach()
+                detached += 1
+    return detached
+
+
 def _pin_package_dirs(top: str, recorded: Mapping[str, list[str]]) -> list[str]:
     """A package that changed but stays loaded (blocked): when its directory was reached
     through a symlink since flipped (a release dir), point its `__path__` back at the real
@@ -1077,6 +1107,7 @@ def _apply(
         if real.partition(".")[0] in plan.purge:
             sys.modules.pop(name, None)
     imports_graph.forget(plan.purge)
+    _detach_finalizers(set(plan.purge))
     report.modules_purged = sorted(plan.purge)
     report.dependents_purged = sorted(t for t in plan.purge if t not in changed)
     for top, why in plan.blocked.items():

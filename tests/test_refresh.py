@@ -461,3 +461,23 @@ def test_a_module_known_under_a_second_name_goes_with_its_real_package(monkeypat
     assert rf._alias_of("_rollover_alias", module) == "_rollover_real.sub"
     assert rf._alias_of("_rollover_real.sub", module) is None
     assert not rf._considered("_rollover_alias", module)
+
+
+def test_finalizers_of_purged_code_are_detached_so_it_can_be_collected():
+    """Django's Signal.connect registers `weakref.finalize(receiver, signal._remove_receiver)`:
+    with both in purged code, the entry would pin the purged modules for good."""
+    import weakref
+
+    purged = types.ModuleType("_rollover_purged.signals")
+    exec("class Signal:\n    def remove(self):\n        pass\n\ndef receiver():\n    pass\n",
+         purged.__dict__)
+    signal = purged.Signal()
+    ours = weakref.finalize(purged.receiver, signal.remove)
+    kept_code = weakref.finalize(purged.receiver, print)  # a callback that is not purged
+    other = weakref.finalize(signal, signal.remove)
+    try:
+        assert rf._detach_finalizers({"_rollover_purged"}) == 2
+        assert not ours.alive and not other.alive and kept_code.alive
+        assert rf._detach_finalizers(set()) == 0
+    finally:
+        kept_code.detach()
