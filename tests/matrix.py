@@ -211,7 +211,9 @@ def prebuild(versions: Sequence[str] = VERSIONS) -> list[threading.Thread]:
                 with contextlib.suppress(Exception):
                     gunicorn_venv(v)
 
-            thread = threading.Thread(target=build, name=f"matrix-{version}", daemon=True)
+            # Not a daemon: a process that ends meanwhile waits for the build, rather than
+            # leave its pip running on in a venv that the next run deletes and rebuilds.
+            thread = threading.Thread(target=build, name=f"matrix-{version}", daemon=False)
             _prebuilt[version] = thread
             thread.start()
             started.append(thread)
