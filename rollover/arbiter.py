@@ -56,6 +56,7 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid
         self._init_loop()
         # pid -> why rollover (or a stop) signalled it: its exit is planned, logged at INFO
         self._planned: dict[int, str] = {}
+        self._stopping = False
         _register_fork_cleanup(self)
         self.machine = rollout.Machine(self._policy(), target=self.num_workers)
         self._extend_worker_class(announce=True)
@@ -200,6 +201,12 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid
             case rollout.Halt(reason, exit_code):
                 raise HaltServer(_halt_reason(exit_code, reason), exit_code)
 
+    def stop(self, graceful: bool = True) -> None:
+        # from here on workers exit because the master stops: no HaltServer from reaping
+        # them (gunicorn's halt() is what called this; a second halt would exit 1)
+        self._stopping = True
+        super().stop(graceful)
+
     def kill_workers(self, sig: int) -> None:
         # gunicorn's stop() (TERM/QUIT, then KILL past graceful_timeout) and reload paths
         for pid in list(self.WORKERS):
@@ -237,7 +244,8 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid
                 except Exception:
                     self.log.exception("child_exit hook failed")
                 halt = None
-                if exit_code in _HALT_REASONS and not self.machine.ever_ready:
+                if (exit_code in _HALT_REASONS and not self.machine.ever_ready
+                        and not self._stopping):
                     assert exit_code is not None
                     known = self.machine.workers.get(wpid)
                     cause = known.cause if known is not None else None
