@@ -7,9 +7,10 @@ base classes and composes:
   reported, the readiness probe run through the family's interface (WSGI, gunicorn's
   asgi, uvicorn);
 - the drain, for the ASGI families: `rollover.drain_uvicorn.UvicornDrain` or
-  `rollover.drain_asgi.ASGIDrain` put in front of the class (see `rollover.drain`). The
-  WSGI families (`sync`, `gthread`, `gevent`, `eventlet`) keep gunicorn's own drain, which
-  fails no request when workers are retired one at a time.
+  `rollover.drain_asgi.ASGIDrain` put in front of the class (see `rollover.drain`), and
+  for gunicorn 23's gthread, `rollover.drain_gthread.GthreadDrain`. The other WSGI
+  families (`sync`, `gevent`, `eventlet`, gthread from gunicorn 24.0) keep gunicorn's own
+  drain, which fails no request when workers are retired one at a time.
 
 A family is known by `issubclass` against its stock classes, looked up only in modules
 already imported (a class cannot derive from a module that was never imported): nothing is
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 
 from rollover import readiness
 from rollover.drain import SUMMARY
+from rollover.gunicorn_compat import GTHREAD_DRAINS
 from rollover.readiness import Interface
 
 __all__ = ["FAMILIES", "Extension", "Family", "drained", "extend_worker_class", "family_of"]
@@ -75,7 +77,9 @@ FAMILIES: tuple[Family, ...] = (
            drain=("rollover.drain_asgi", "ASGIDrain"), loop=_ASGI_LOOP),
     Family("gevent", "wsgi", (("gunicorn.workers.ggevent", "GeventWorker"),)),
     Family("eventlet", "wsgi", (("gunicorn.workers.geventlet", "EventletWorker"),)),
-    Family("gthread", "wsgi", (("gunicorn.workers.gthread", "ThreadWorker"),)),
+    Family("gthread", "wsgi", (("gunicorn.workers.gthread", "ThreadWorker"),),
+           drain=None if GTHREAD_DRAINS else ("rollover.drain_gthread", "GthreadDrain"),
+           loop=("run", "handle_exit")),
     Family("sync", "wsgi", (("gunicorn.workers.sync", "SyncWorker"),)),
 )
 
@@ -129,8 +133,9 @@ def extend_worker_class(worker_class: type, *, drain: bool = True,
                          f"{head}; drain: off (rollover_drain)")
     else:
         composed = _with_mixin(worker_class, mixin)
+    summary = getattr(mixin, "rollover_summary", SUMMARY)
     return Extension(readiness.with_readiness(composed, family.interface),
-                     f"{head}, drain ({SUMMARY})")
+                     f"{head}, drain ({summary})")
 
 
 def drained(worker_class: type) -> type:
