@@ -29,7 +29,16 @@ from gunicorn.errors import HaltServer
 from gunicorn.pidfile import Pidfile
 
 import rollover
-from rollover import gunicorn_compat, imports_graph, readiness, refresh, rollout, settings, status
+from rollover import (
+    gunicorn_compat,
+    imports_graph,
+    pinning,
+    readiness,
+    refresh,
+    rollout,
+    settings,
+    status,
+)
 
 # HaltServer reasons, as gunicorn words them (tools grep for them)
 _HALT_REASONS = {Arbiter.WORKER_BOOT_ERROR: "Worker failed to boot.",
@@ -73,11 +82,58 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid
         self._reported_rollout: rollout.Rollout | None = None
         self._hooks_ran: set[str] = set()
         self._hooks_checked = False
+        self._take_over()
+        # release symlinks (<root>/current): as resolved at start, and per generation (a
+        # worker is pinned at fork to its generation's release, rollover.pinning)
+        self._start_links = pinning.release_links([self.cfg.chdir, sys.prefix])
+        self._release_pins = {self.machine.generation: self._start_links}
+        self._spawn_pins: dict[str, str] | None = None
+        _address_start_through_links(self, self._start_links)
         self.log.info("rollover %s active: %s", rollover.__version__, self.settings.summary)
         if self.settings.status_path is None:
             self.log.warning("rollover: no pidfile and no rollover_status_path: no status "
                              "file, so `rollover status/reload` cannot follow this master")
         self._write_status()
+
+    def _take_over(self) -> None:
+        """A master started by a USR2 handoff continues the status of the master it
+        replaces: its generation (+1: the handoff brought the new code), its reload count
+        and its last rollout."""
+        try:
+            old_pid = self.master_pid or int(os.environ.get("GUNICORN_PID") or 0)
+        except ValueError:
+            return
+        path = self.settings.status_path
+        if not old_pid or path is None:
+            return
+        try:
+            old = status.read_status(path)
+        except Exception:
+            return
+        generation, reloads = old.get("generation"), old.get("reloads")
+        if old.get("pid") != old_pid or not isinstance(generation, int):
+            return
+        machine = self.machine
+        machine.generation = machine.spawn_generation = generation + 1
+        machine.stable_generation = generation + 1
+        if isinstance(reloads, int):
+            machine.reloads = reloads
+        last = old.get("last_rollout")
+        if isinstance(last, dict):
+            with contextlib.suppress(Exception):
+                offset = time.time() - time.monotonic()
+                finished = last.get("finished")
+                result = last.get("result")
+                machine.last_rollout = rollout.Rollout(
+                    int(last["generation"]), int(last.get("reload") or 0),
+                    status.parse_iso(last["started"]) - offset, last.get("min_ready"),
+                    result=rollout.Result(result) if result else None,
+                    error=last.get("error"),
+                    finished=status.parse_iso(finished) - offset if finished else None,
+                    rollback=last.get("rollback"))
+                self._reported_rollout = machine.last_rollout  # counted by the old master
+        self.log.info("rollover: took over from master %s: generation %s", old_pid,
+                      machine.generation)
 
     def _policy(self) -> rollout.Policy:
         s = self.settings
@@ -178,6 +234,7 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid
     def _execute(self, action: rollout.Action, now: float) -> None:
         match action:
             case rollout.Spawn(generation):
+                self._spawn_pins = self._release_pins.get(generation)
                 try:
                     pid = self.spawn_worker()
                 except Exception as exc:
@@ -185,6 +242,8 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid
                     self.machine.spawn_failed(now, generation, readiness.describe_exception(exc))
                 else:
                     self.machine.spawned(now, pid, generation)
+                finally:
+                    self._spawn_pins = None
             case rollout.Retire(pid):
                 self._planned[pid] = "retired by rollover"
                 self.kill_worker(pid, signal.SIGTERM)
@@ -309,6 +368,10 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid
                 self._previous = before if can_roll_back else before._replace(
                     imports=None, app_callable=None)
             self.machine.reload_started(now, can_roll_back=can_roll_back)
+            pins = pinning.release_links([self.cfg.chdir, sys.prefix])
+            self._release_pins = {g: p for g, p in self._release_pins.items()
+                                  if g >= self.machine.generation - 4}
+            self._release_pins[self.machine.generation] = pins
             self._metric("rollover.rollouts.started", 1, "counter")
         gunicorn_compat.forward_hup_to_dirty_arbiter(self)
         self.manage_workers()
@@ -461,7 +524,24 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid
         if python:
             self.START_CTX[0] = python
             self.START_CTX["args"][0] = python
-        super().reexec()
+        # gunicorn captured its start directory resolved (<root>/releases/v1): the new
+        # master starts there, and its `chdir` default (validated at every HUP) would name
+        # that release, which a later prune removes. Address it through the symlink, with
+        # $PWD naming it, so the new master captures <root>/current in turn.
+        cwd = self.START_CTX.get("cwd")
+        env = self.cfg.env_orig
+        saved_pwd = env.get("PWD")
+        if isinstance(cwd, str):
+            cwd = pinning.unresolve(cwd, self._start_links)
+            self.START_CTX["cwd"] = cwd
+            env["PWD"] = cwd
+        try:
+            super().reexec()
+        finally:  # in the old master (the child execs)
+            if saved_pwd is None:
+                env.pop("PWD", None)
+            else:
+                env["PWD"] = saved_pwd
 
     def _revert(self, generation: int) -> None:
         """An aborted roll: fork the serving generation's config again (its rollover
@@ -495,6 +575,7 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid
 
     def maybe_promote_master(self) -> None:
         before = self._status_path()
+        handed_over = self.master_pid != 0
         super().maybe_promote_master()
         after = self._status_path()
         if before is not None and before != after:
@@ -502,6 +583,13 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid
             with contextlib.suppress(OSError):
                 os.unlink(before)
             self._write_status()
+        if (handed_over and self.master_pid == 0
+                and getattr(self, "_control_server", None) is not None):
+            # the old master removed the control socket's path on its way out (gunicorn
+            # 25.3+ unlinks it in halt()): listen on it anew
+            with contextlib.suppress(Exception):
+                self._stop_control_server()
+                self._start_control_server()
 
     def _status_path(self) -> str | None:
         """The configured path; the default follows the pidfile gunicorn really writes,
@@ -530,6 +618,8 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid
                        "implementation": sys.implementation.name,
                        "version": ".".join(map(str, sys.version_info[:3])),
                        "prefix": sys.prefix},
+            "start": {"cwd": self.START_CTX.get("cwd"),
+                      "chdir_default": _chdir_default()},
             "settings": {"ready_timeout": self.settings.ready_timeout,
                          "max_surge": self.settings.max_surge,
                          "graceful_timeout": self.settings.graceful_timeout,
@@ -575,6 +665,29 @@ class _Snapshot(NamedTuple):
     imports: refresh.ImportSnapshot | None
     """With preload_app, the code (None: workers import it from disk)."""
     app_callable: Any
+
+
+def _address_start_through_links(arbiter: Arbiter, links: dict[str, str]) -> None:
+    """What gunicorn captured at start as a resolved release dir (the directory a USR2
+    re-exec starts in, the `chdir` default every HUP validates), through the symlink."""
+    if not links:
+        return
+    cwd = arbiter.START_CTX.get("cwd")
+    if isinstance(cwd, str):
+        arbiter.START_CTX["cwd"] = pinning.unresolve(cwd, links)
+    from gunicorn import config
+
+    chdir = getattr(config, "Chdir", None)
+    default = getattr(chdir, "default", None)
+    if chdir is not None and isinstance(default, str):
+        chdir.default = pinning.unresolve(default, links)
+
+
+def _chdir_default() -> str | None:
+    from gunicorn import config
+
+    default = getattr(getattr(config, "Chdir", None), "default", None)
+    return default if isinstance(default, str) else None
 
 
 def _worker_modules(worker_class: type) -> set[str]:
@@ -634,6 +747,8 @@ def _after_fork_in_child() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
     imports_graph.uninstall()  # only the master refreshes
+    if _active._spawn_pins:  # a worker: its generation's release, not whatever is current
+        pinning.pin(_active._spawn_pins)
     # A worker keeps only the write end of the readiness pipe.
     _active.channel.close_in_child()
     for fd in _active._loop_fds():

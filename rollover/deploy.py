@@ -52,6 +52,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -68,20 +69,21 @@ EXIT_ROLLED_BACK = 1  # the live step failed; rolled back, the previous release 
 EXIT_ERROR = 2  # bad usage or a precondition failed; nothing changed
 EXIT_BUILD_FAILED = 3  # the release could not be built; nothing changed
 EXIT_PREFLIGHT_FAILED = 4  # the release failed its preflight; nothing live was touched
-EXIT_ROLLBACK_FAILED = 5  # the live step failed and so did the rollback: look at the server
+EXIT_ROLLBACK_FAILED = 5  # the live step failed; the server is not known to serve either release
 EXIT_INTERRUPTED = 130
 
 EPILOG = f"""\
 exit codes:
   {EXIT_DEPLOYED}    deployed (--dry-run: planned, nothing changed)
-  {EXIT_ROLLED_BACK}    the live step failed; rolled back: current and the workers are on the
-       previous release again
+  {EXIT_ROLLED_BACK}    the live step failed; current and every READY worker are on the previous
+       release (also when a step of the rollback failed: the cause is printed)
   {EXIT_ERROR}    bad usage or a failed precondition (no such root, not a rollover master,
        another deploy running, USR2 needed but impossible); nothing changed
   {EXIT_BUILD_FAILED}    building the release failed; nothing changed
   {EXIT_PREFLIGHT_FAILED}    the release failed its preflight (import or readiness probe); nothing
        live was touched
-  {EXIT_ROLLBACK_FAILED}    the live step failed and the rollback did too: check the server
+  {EXIT_ROLLBACK_FAILED}    the live step failed and the server is not known to serve either
+       release (no READY worker, workers on both, or current disagrees): check it
   {EXIT_INTERRUPTED}  interrupted (a live step in progress is rolled back first)
 """
 
@@ -141,6 +143,8 @@ class Report:
     kept: list[str] = field(default_factory=list)
     error: str | None = None
     rollback_error: str | None = None
+    serving: str | None = None  # after a failed live step: the release all READY workers run
+    start_command: list[str] | None = None
     dry_run: bool = False
     started: float = field(default_factory=time.monotonic)
 
@@ -178,6 +182,8 @@ class Report:
             "kept": self.kept,
             "error": self.error,
             "rollback_error": self.rollback_error,
+            "serving": self.serving,
+            "start_command": self.start_command,
             "dry_run": self.dry_run,
             "seconds": round(time.monotonic() - self.started, 3),
         }
@@ -206,7 +212,13 @@ class Layout:
         self.releases = self.root / "releases"
         self.current = self.root / "current"
 
-    def check(self) -> None:
+    def check(self, create: bool = False) -> None:
+        if create and not self.root.exists():
+            try:
+                self.root.mkdir(parents=True)
+            except OSError as exc:
+                raise DeployError(f"cannot create the app root {self.root}: "
+                                  f"{exc.strerror}") from None
         if not self.root.is_dir():
             raise DeployError(f"app root {self.root}: no such directory")
         if self.current.exists() and not self.current.is_symlink():
@@ -759,8 +771,11 @@ def _run_logged(cmd: list[str], log: IO[str], what: str) -> None:
     log.write(proc.stdout + proc.stderr)
     log.flush()
     if proc.returncode != 0:
-        raise DeployError(f"build failed: {what} exited {proc.returncode}: "
-                          f"{_last_error_line(proc.stderr or proc.stdout)}",
+        line = _last_error_line(proc.stderr or proc.stdout)
+        if "gunicorn-rollover" in line or "gunicorn_rollover" in line:
+            line += (" (give rollover's wheel: --wheel gunicorn_rollover-<version>-py3-none-"
+                     "any.whl, or 'gunicorn-rollover @ file:///<wheel>' in requirements)")
+        raise DeployError(f"build failed: {what} exited {proc.returncode}: {line}",
                           EXIT_BUILD_FAILED)
 
 
@@ -844,7 +859,10 @@ def preflight_main(argv: list[str]) -> int:
     if facts.get("gunicorn") is None:
         return finish("gunicorn is not installed in the release's venv")
     if facts.get("rollover") is None:
-        return finish("rollover (gunicorn-rollover) is not installed in the release's venv")
+        return finish("rollover (gunicorn-rollover) is not installed in the release's venv: "
+                      "give --wheel gunicorn_rollover-<version>-py3-none-any.whl (pip wheel "
+                      "--no-deps <rollover checkout>), or the requirements line "
+                      "'gunicorn-rollover @ file:///<path to that wheel>'")
     cwd = os.getcwd()
     if "" in sys.path:
         sys.path.remove("")
@@ -1432,9 +1450,15 @@ def prune_plan(releases: list[Release], keep: int, protect: set[str],
     return kept, removed
 
 
-def prune(layout: Layout, keep: int, protect: set[str], report: Report, dry_run: bool) -> None:
+def prune(layout: Layout, keep: int, protect: set[str], report: Report, dry_run: bool,
+          referenced: list[str] | None = None) -> None:
     started = time.monotonic()
     used = releases_in_use(layout)
+    prefix = os.path.realpath(layout.releases) + os.sep
+    for path in referenced or []:
+        real = os.path.realpath(path)
+        if real.startswith(prefix):
+            used.setdefault(real[len(prefix):].split(os.sep, 1)[0], set())
     kept, removed = prune_plan(layout.list(), keep, protect, set(used))
     report.kept = [r.id for r in kept]
     report.pruned = [r.id for r in removed]
@@ -1463,7 +1487,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from rollover.cli import timeout_seconds
 
     parser.add_argument("--root", required=True, metavar="DIR",
-                        help="the app root: releases/<id>/ and the current symlink")
+                        help="the app root: releases/<id>/ and the current symlink (made "
+                        "by --init or the first deploy)")
+    parser.add_argument("--init", action="store_true",
+                        help="make the app root, releases/ and the pidfile's directory, and "
+                        "print the start command and a systemd unit for them; deploy nothing")
+    parser.add_argument("--bind", default="127.0.0.1:8000", metavar="ADDRESS",
+                        help="for the printed start command (default 127.0.0.1:8000)")
+    parser.add_argument("--workers", type=_positive_int, default=4, metavar="N",
+                        help="for the printed start command (default 4)")
     parser.add_argument("--app", metavar="MODULE:CALLABLE",
                         help="the app to preflight (default: taken from the master's command "
                         "line)")
@@ -1546,6 +1578,8 @@ def run(opts: argparse.Namespace) -> int:
 def deploy(opts: argparse.Namespace, report: Report) -> int:
     from rollover.status import default_status_path
 
+    if opts.init:
+        return init(opts, report)
     layout = Layout(opts.root)
     report.root = str(layout.root)
     building = bool(opts.source or opts.requirements or opts.wheel)
@@ -1559,7 +1593,9 @@ def deploy(opts: argparse.Namespace, report: Report) -> int:
     for path in [*opts.requirements, *opts.wheel]:
         if not os.path.isfile(path):
             raise DeployError(f"{path}: no such file")
-    layout.check()
+    layout.check(create=building and not opts.dry_run)
+    if building and not opts.dry_run and not os.path.exists(opts.pidfile):
+        _pidfile_dir(opts.pidfile)
     status_path = opts.status or default_status_path(opts.pidfile)
     with layout.lock():
         previous = layout.current_id()
@@ -1668,19 +1704,195 @@ def go_live(opts: argparse.Namespace, layout: Layout, master: LiveMaster | None,
         report.say("handoff" if plan.method == "usr2" else "reload", f"failed: {cause}")
         assert master is not None
         problem = rollback(opts, layout, master, previous, plan.method, handoff, report)
-        _mark(release_dir, "rolled back: " + cause)
-        if problem:
-            report.rollback_error = problem
-            _error(f"deploy of {release_id} failed ({cause}) and the rollback failed: {problem}")
-            return EXIT_ROLLBACK_FAILED
-        _error(f"deploy of {release_id} failed, rolled back to {previous}: {cause}")
-        return EXIT_INTERRUPTED if interrupted else EXIT_ROLLED_BACK
-    protect = {release_id} | ({previous} if previous else set())
-    prune(layout, opts.keep, protect, report, dry_run=False)
+        report.rollback_error = problem
+        current = _current_or_none(layout)
+        report.serving = serving_release(layout, opts.pidfile, master.status_path)
+        code, line = failure_outcome(release_id, previous, current, report.serving, cause,
+                                     problem, interrupted)
+        if code != EXIT_DEPLOYED:
+            _mark(release_dir, f"rolled back {_now()}: {cause}" if code != EXIT_ROLLBACK_FAILED
+                  else f"failed {_now()}: {cause}; rollback: {problem}")
+            _error(line)
+            return code
+        report.say("verify", line)
     how = {"start": "no reload", "hup": "HUP", "usr2": "USR2 handoff"}[plan.method]
+    _mark(release_dir, f"deployed {_now()} ({how})")
+    protect = {release_id} | ({previous} if previous else set())
+    prune(layout, opts.keep, protect, report, dry_run=False,
+          referenced=master_references(opts.pidfile, master.status_path if master else None))
+    if master is None:
+        report.start_command = start_command(layout, opts)
+        print("start gunicorn on it with:\n  " + shlex.join(report.start_command),
+              file=report.out, flush=True)
     print(f"deployed {release_id} in {time.monotonic() - report.started:.1f}s ({how})",
           file=report.out, flush=True)
     return EXIT_DEPLOYED
+
+
+def start_command(layout: Layout, opts: argparse.Namespace) -> list[str]:
+    """How to start gunicorn on this root: everything through `current` (the interpreter,
+    the chdir), so HUPs and USR2 handoffs follow it."""
+    current = str(layout.current)
+    return [f"{current}/venv/bin/python", f"{current}/venv/bin/gunicorn",
+            "-c", "python:rollover.hooks", "--chdir", current,
+            "--pid", os.path.abspath(opts.pidfile), "--bind", opts.bind,
+            "--workers", str(opts.workers), opts.app or "app:app"]
+
+
+SYSTEMD_UNIT = """\
+# {unit_path}: gunicorn + rollover on the app root {root} (made by
+# `rollover deploy --init`; see deploy/systemd/app.service for the notes)
+[Unit]
+Description={name} (gunicorn with rollover)
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=notify
+NotifyAccess=all
+# User={user}
+RuntimeDirectory={runtime}
+RuntimeDirectoryPreserve=yes
+PIDFile={pidfile}
+WorkingDirectory={current}
+ExecStart={start}
+ExecReload={current}/venv/bin/rollover reload --pidfile {pidfile} --wait --timeout 300
+TimeoutStartSec=330
+KillMode=mixed
+KillSignal=SIGTERM
+TimeoutStopSec=45
+Restart=on-failure
+RestartSec=2
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def systemd_unit(layout: Layout, opts: argparse.Namespace) -> str:
+    pidfile = os.path.abspath(opts.pidfile)
+    name = layout.root.name or "app"
+    run_dir = os.path.dirname(pidfile)
+    runtime = run_dir[len("/run/"):] if run_dir.startswith("/run/") else name
+    command = start_command(layout, opts)
+    start = " \\\n    ".join(
+        [shlex.join(command[:2])]
+        + [shlex.join(command[i:i + 2]) for i in range(2, len(command) - 1, 2)]
+        + [shlex.quote(command[-1])])
+    return SYSTEMD_UNIT.format(unit_path=f"/etc/systemd/system/{name}.service",
+                               root=layout.root, name=name, user=os.environ.get("USER", "app"),
+                               runtime=runtime, pidfile=pidfile, current=layout.current,
+                               start=start)
+
+
+def init(opts: argparse.Namespace, report: Report) -> int:
+    """`--init`: the app root, releases/ and the pidfile's directory; print how to start."""
+    layout = Layout(opts.root)
+    report.root = str(layout.root)
+    layout.check(create=True)
+    _pidfile_dir(opts.pidfile)
+    report.start_command = start_command(layout, opts)
+    out = report.out
+    print(f"app root {layout.root}: releases/ ready, pidfile in "
+          f"{os.path.dirname(os.path.abspath(opts.pidfile))}", file=out)
+    print("\n1. deploy the first release (no master yet: it only switches current), e.g.:\n  "
+          + shlex.join(["rollover", "deploy", "--root", str(layout.root), "--pidfile",
+                        os.path.abspath(opts.pidfile), "--app", opts.app or "app:app",
+                        "--source", "./app", "--wheel", "gunicorn_rollover-*.whl"]), file=out)
+    print("\n2. start gunicorn through current:\n  " + shlex.join(report.start_command),
+          file=out)
+    print("\n   or as a systemd unit:\n", file=out)
+    print(systemd_unit(layout, opts), file=out)
+    print("3. later releases: the same `rollover deploy` (HUP or USR2 handoff, with rollback)",
+          file=out, flush=True)
+    return EXIT_DEPLOYED
+
+
+def _pidfile_dir(pidfile: str) -> None:
+    directory = os.path.dirname(os.path.abspath(pidfile))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise DeployError(f"cannot create the pidfile's directory {directory}: "
+                          f"{exc.strerror}") from None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _current_or_none(layout: Layout) -> str | None:
+    try:
+        return layout.current_id()
+    except DeployError:
+        return None
+
+
+def failure_outcome(new: str, previous: str | None, current: str | None,
+                    serving: str | None, cause: str, problem: str | None,
+                    interrupted: bool) -> tuple[int, str]:
+    """After a failed live step and the rollback: (exit code, the one line), from what is
+    true now. `serving`: the release every READY worker of the live master runs (None: no
+    READY worker, workers on several releases, or no master)."""
+    rolled_back = EXIT_INTERRUPTED if interrupted else EXIT_ROLLED_BACK
+    if problem is None:
+        return rolled_back, f"deploy of {new} failed, rolled back to {previous}: {cause}"
+    if previous is not None and serving == previous and current == previous:
+        return rolled_back, (f"deploy of {new} failed, {previous} serves (current and every "
+                             f"READY worker): {cause}; the rollback reported: {problem}")
+    if serving == new and current == new:
+        return EXIT_DEPLOYED, (f"warning: {cause}; but {new} serves (current and every READY "
+                               f"worker): deployed")
+    return EXIT_ROLLBACK_FAILED, (
+        f"deploy of {new} failed ({cause}) and the rollback failed: {problem}; current names "
+        f"{current or 'nothing'}, READY workers run {serving or 'no single release'}: check "
+        "the server")
+
+
+def serving_release(layout: Layout, pidfile: str, status_path: str) -> str | None:
+    """The release every READY worker of the master named by `pidfile` runs (its cwd);
+    None without a live master, READY workers, or when they run different releases."""
+    cli = _cli()
+    try:
+        pid = cli.read_pidfile(pidfile)
+        status = cli.poll_status(status_path, pid)
+    except Exception:
+        return None
+    if not status or not pid_alive(pid):
+        return None
+    prefix = os.path.realpath(layout.releases) + os.sep
+    found: set[str] = set()
+    for worker in status.get("workers", []):
+        if not isinstance(worker, dict) or worker.get("state") != "ready":
+            continue
+        try:
+            cwd = os.path.realpath(os.readlink(f"/proc/{worker['pid']}/cwd"))
+        except (OSError, KeyError, TypeError):
+            continue
+        if not cwd.startswith(prefix):
+            return None
+        found.add(cwd[len(prefix):].split(os.sep, 1)[0])
+    return found.pop() if len(found) == 1 else None
+
+
+def master_references(pidfile: str, status_path: str | None) -> list[str]:
+    """Paths the live master captured at start and uses later (the directory a USR2
+    re-exec starts in, the `chdir` default each HUP validates, its interpreter)."""
+    if status_path is None:
+        return []
+    cli = _cli()
+    try:
+        pid = cli.read_pidfile(pidfile)
+        status = cli.poll_status(status_path, pid) or {}
+    except Exception:
+        return []
+    paths = []
+    for key, section in (("start", ("cwd", "chdir_default")),
+                         ("python", ("executable", "prefix"))):
+        data = status.get(key)
+        if isinstance(data, dict):
+            paths += [v for k in section if isinstance(v := data.get(k), str) and v]
+    return paths
 
 
 def _mark(release_dir: Path, note: str) -> None:

@@ -923,6 +923,49 @@ def _pin_package_dirs(top: str, recorded: Mapping[str, list[str]]) -> list[str]:
     return pinned
 
 
+def _digest(path: str) -> bytes | None:
+    import hashlib
+
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").digest()
+    except OSError:
+        return None
+
+
+def _same_content(top: str, files: Mapping[str, str | None], reg: _Registry,
+                  now: Mapping[str, Fingerprint | None]) -> bool:
+    """Whether every file of package `top` whose fingerprint changed since the baseline
+    holds the same bytes as the file the baseline saw (found through the package's
+    directories as resolved then: `<root>/releases/v1/...` for `<root>/current/...`)."""
+    module = sys.modules.get(top)
+    literal = getattr(module, "__path__", None)
+    resolved = reg.package_dirs.get(top)
+    if not isinstance(literal, list) or not resolved or len(literal) != len(resolved):
+        return False
+    pairs = [(os.path.abspath(a) + os.sep, b + os.sep) for a, b in zip(literal, resolved,
+                                                                      strict=True)]
+    for name, path in files.items():
+        if name.partition(".")[0] != top or path is None:
+            continue
+        before, current = reg.modules.get(path), now.get(path)
+        if before is not None and before == current:
+            continue
+        if current is None or (before is not None and before.size != current.size):
+            return False
+        old = next((b + path[len(a):] for a, b in pairs if path.startswith(a)), None)
+        if old is None or old == os.path.realpath(path):
+            return False
+        fp = fingerprint(old)
+        # the file the baseline saw (or, for a module imported since, the one still there)
+        if fp is None or (before is not None and fp != before):
+            return False
+        new_digest = _digest(path)
+        if new_digest is None or _digest(old) != new_digest:
+            return False
+    return True
+
+
 def _is_extension(path: str | None) -> bool:
     return bool(path) and str(path).endswith(tuple(EXTENSION_SUFFIXES))
 
@@ -1102,6 +1145,17 @@ def _apply(
         extensions={name for name, path in files.items() if _is_extension(path)},
         dependents=dependents)
     plan = select_purge(facts)
+    # a package that must stay (gunicorn, rollover, C extensions) and "changed" only by
+    # inode/mtime -- each release holds its own copy -- is compared by content first
+    same = [top for top in plan.blocked if top in changed and top not in moved
+            and _same_content(top, files, reg, now)]
+    if same:
+        changed = {top: why for top, why in changed.items() if top not in same}
+        facts = imports_graph.gather(
+            files, dists, changed=changed, protected=kept, held=_pinned_by(kept, tops),
+            extensions={name for name, path in files.items() if _is_extension(path)},
+            dependents=dependents)
+        plan = select_purge(facts)
     for name, module in list(sys.modules.items()):
         real = _alias_of(name, module) or name
         if real.partition(".")[0] in plan.purge:

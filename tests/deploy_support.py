@@ -69,7 +69,7 @@ def wheelhouse(factory: pytest.TempPathFactory) -> Path:
         src.mkdir()
         for name in ("pyproject.toml", "README.md"):
             shutil.copy2(REPO / name, src / name)
-        for package in ("rollover", "demo_app"):
+        for package in ("rollover",):
             shutil.copytree(REPO / package, src / package,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         pip = [sys.executable, "-m", "pip"]
@@ -101,6 +101,7 @@ def write_source(
     boot_delay: float = BOOT_DELAY,
     error: str | None = None,
     live_only_error: str | None = None,
+    lazy: bool = False,
 ) -> Path:
     """A release source: the harness's WSGI test app plus requirements.txt.
 
@@ -119,10 +120,46 @@ def write_source(
             f"    raise RuntimeError({live_only_error!r})\n",
         )
         app.path.write_text(text, encoding="utf-8")
+    if lazy:
+        write_lazy_package(directory, version)
     (directory / "requirements.txt").write_text(
         f"gunicorn=={gunicorn}\ngunicorn-rollover\n", encoding="utf-8"
     )
     return directory
+
+
+LAZY_MODULES = 4000
+
+_LAZY_ROUTE = """\
+    if environ.get("PATH_INFO") == "/lazy":
+        # a module this worker has not imported yet, on every request: imported lazily,
+        # through the package's __path__ (and sys.path for the package itself)
+        global _LAZY
+        _LAZY += 1
+        import importlib
+        mod = importlib.import_module(f"lazypkg.m{_LAZY % LAZY_MODULES}")
+        body = json.dumps({"pid": os.getpid(),
+                           "version": VERSION + "/" + mod.VERSION}).encode()
+        start_response("200 OK", [("Content-Type", "application/json"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+"""
+
+
+def write_lazy_package(directory: Path, version: str) -> None:
+    """`lazypkg` with LAZY_MODULES submodules that each hold `VERSION`, and a /lazy route
+    in the app answering "<app version>/<the lazily imported module's version>"."""
+    package = directory / "lazypkg"
+    package.mkdir(exist_ok=True)
+    (package / "__init__.py").write_text(f"VERSION = {version!r}\n", encoding="utf-8")
+    for i in range(LAZY_MODULES):
+        (package / f"m{i}.py").write_text(f"VERSION = {version!r}\n", encoding="utf-8")
+    app = directory / "app.py"
+    text = app.read_text(encoding="utf-8")
+    text = text.replace("def app(environ, start_response):\n",
+                        f"_LAZY = 0\nLAZY_MODULES = {LAZY_MODULES}\n\n"
+                        "def app(environ, start_response):\n" + _LAZY_ROUTE, 1)
+    app.write_text(text, encoding="utf-8")
 
 
 def deploy_env() -> dict[str, str]:
