@@ -1,15 +1,16 @@
-"""The drain for gunicorn 23's `gthread` worker (24.1+ drains on its own; see `rollover.drain`).
+"""The drain for gunicorn's `gthread` worker before 27.0 (27 drains on its own).
 
 gunicorn 23's ThreadWorker, on SIGTERM, leaves its loop at once and closes its poller: the
 keep-alive connections waiting in it are dropped without an answer, so a client sending its
-next request on one gets a reset (measured: 7 failed requests per roll, 4 workers, 8
-keep-alive clients). gunicorn 24.1 rewrote the loop to keep serving the open connections
-until they close. `GthreadDrain`, in front of gunicorn 23's class, does the same with the
-stock loop: on SIGTERM the worker stays alive to its loop, stops accepting, answers every
-request still arriving on an open connection with ``Connection: close`` (gunicorn's
-`keepalive` set to 0 in this worker only), lets an idle keep-alive connection close at its
-keep-alive timeout as at any other time, and leaves the loop (gunicorn's own shutdown
-follows) once no connection is open, or at the drain deadline.
+next request on one gets a reset (measured: 12 failed requests per roll, 4 workers, 8
+keep-alive clients). 24.0-26.x serve the open connections while stopping, but close one
+right after a response that announced keep-alive (the client's next request on it fails:
+1-2 per roll, intermittently); 27.0 fixed that. `GthreadDrain`, in front of the class,
+drains with the stock loop: on SIGTERM the worker stays alive to its loop, stops accepting,
+answers every request still arriving on an open connection with ``Connection: close``
+(gunicorn's `keepalive` set to 0 in this worker only), lets an idle keep-alive connection
+close at its keep-alive timeout as at any other time, and leaves the loop (gunicorn's own
+shutdown follows) once no connection is open, or at the drain deadline.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ __all__ = ["GthreadDrain"]
 
 
 class GthreadDrain(_Base):
-    """Goes in front of gunicorn 23's `ThreadWorker` (or a subclass keeping its loop)."""
+    """Goes in front of gunicorn's `ThreadWorker` before 27.0 (or a subclass keeping its
+    loop)."""
 
     rollover_summary = "Connection: close while draining, open connections served"
     _rollover_term_at: float | None = None
@@ -42,6 +44,15 @@ class GthreadDrain(_Base):
         # SIGTERM: drain first; the loop (through notify) ends the worker when drained
         if self._rollover_term_at is None:
             self._rollover_term_at = time.monotonic()
+            queue = getattr(self, "method_queue", None)  # 24.0+: wake the poller
+            if queue is not None:
+                queue.defer(lambda: None)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        # 24.0+'s loop turns accepting back on whenever it has room: not while draining
+        if enabled and self._rollover_term_at is not None:
+            return
+        super().set_accept_enabled(enabled)  # type: ignore[misc]
 
     def notify(self) -> None:
         super().notify()
@@ -53,10 +64,13 @@ class GthreadDrain(_Base):
             self._rollover_accepting = False
             self.log.info("Worker draining")
             self.cfg.set("keepalive", 0)  # every response from now on: Connection: close
-            with self._lock:
-                for sock in self.sockets:
-                    with contextlib.suppress(KeyError, ValueError, OSError):
-                        self.poller.unregister(sock)
+            if hasattr(super(), "set_accept_enabled"):  # 24.0+
+                self.set_accept_enabled(False)
+            else:  # 23: the listeners are registered in the poller by run()
+                with self._lock:
+                    for sock in self.sockets:
+                        with contextlib.suppress(KeyError, ValueError, OSError):
+                            self.poller.unregister(sock)
         assert self._rollover_term_at is not None
         deadline = self._rollover_term_at + drain_deadline(graceful_timeout(self.cfg))
         if self.nr_conns <= 0 or time.monotonic() >= deadline:

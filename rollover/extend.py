@@ -8,8 +8,8 @@ base classes and composes:
   asgi, uvicorn);
 - the drain, for the ASGI families: `rollover.drain_uvicorn.UvicornDrain` or
   `rollover.drain_asgi.ASGIDrain` put in front of the class (see `rollover.drain`), and
-  for gunicorn 23's gthread, `rollover.drain_gthread.GthreadDrain`. The other WSGI
-  families (`sync`, `gevent`, `eventlet`, gthread from gunicorn 24.0) keep gunicorn's own
+  for gthread before gunicorn 27.0, `rollover.drain_gthread.GthreadDrain`. The other WSGI
+  families (`sync`, `gevent`, `eventlet`, gthread from gunicorn 27.0) keep gunicorn's own
   drain, which fails no request when workers are retired one at a time.
 
 A family is known by `issubclass` against its stock classes, looked up only in modules
@@ -79,7 +79,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("eventlet", "wsgi", (("gunicorn.workers.geventlet", "EventletWorker"),)),
     Family("gthread", "wsgi", (("gunicorn.workers.gthread", "ThreadWorker"),),
            drain=None if GTHREAD_DRAINS else ("rollover.drain_gthread", "GthreadDrain"),
-           loop=("run", "handle_exit")),
+           loop=("run", "handle_exit", "set_accept_enabled")),
     Family("sync", "wsgi", (("gunicorn.workers.sync", "SyncWorker"),)),
 )
 
