@@ -872,6 +872,20 @@ def _pinned_by(kept: Collection[str], candidates: Collection[str]) -> dict[str, 
     return out
 
 
+def _running_tops() -> set[str]:
+    """Top-level packages with code on a thread's stack right now (not the stdlib)."""
+    out: set[str] = set()
+    for frame in list(sys._current_frames().values()):
+        for _ in range(500):
+            if frame is None:
+                break
+            name = frame.f_globals.get("__name__")
+            if isinstance(name, str) and name not in _IGNORED and not _is_stdlib(name):
+                out.add(name.partition(".")[0])
+            frame = frame.f_back
+    return out
+
+
 def _owner_top(obj: Any) -> str | None:
     """The top-level package whose code `obj` is (a function, a bound method, a class, or
     an instance of a class), None when unknown."""
@@ -1139,7 +1153,9 @@ def _apply(
     moved = {top: why for top, why in moved.items() if top in tops}
     now = {path: fingerprint(path) for path in set(filter(None, files.values()))}
     changed = changed_tops(files, reg.modules, now, since_ns=since, moved=moved)
-    kept = ALWAYS_KEPT | keep
+    # code running now (a frame on some thread's stack: pytest around an in-process
+    # arbiter, the module whose run() started it) cannot be replaced under itself
+    kept = ALWAYS_KEPT | keep | _running_tops()
     facts = imports_graph.gather(
         files, dists, changed=changed, protected=kept, held=_pinned_by(kept, tops),
         extensions={name for name, path in files.items() if _is_extension(path)},

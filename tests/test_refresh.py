@@ -481,3 +481,12 @@ def test_finalizers_of_purged_code_are_detached_so_it_can_be_collected():
         assert rf._detach_finalizers(set()) == 0
     finally:
         kept_code.detach()
+
+
+def test_code_on_the_stack_is_never_purged():
+    """pytest around an in-process arbiter, or the module whose run() started it: code
+    that is running cannot be replaced under itself (it is kept like gunicorn)."""
+    namespace = {"__name__": "_rollover_running_pkg.mod", "rf": rf}
+    exec("def probe():\n    return rf._running_tops()\n", namespace)
+    assert "_rollover_running_pkg" in namespace["probe"]()
+    assert "_rollover_running_pkg" not in rf._running_tops()
