@@ -8,9 +8,10 @@ right after a response that announced keep-alive (the client's next request on i
 1-2 per roll, intermittently); 27.0 fixed that. `GthreadDrain`, in front of the class,
 drains with the stock loop: on SIGTERM the worker stays alive to its loop, stops accepting,
 answers every request still arriving on an open connection with ``Connection: close``
-(gunicorn's `keepalive` set to 0 in this worker only), lets an idle keep-alive connection
-close at its keep-alive timeout as at any other time, and leaves the loop (gunicorn's own
-shutdown follows) once no connection is open, or at the drain deadline.
+(gunicorn's own rule for too many kept-alive connections, its limit set to 0), lets an
+idle keep-alive connection close at its keep-alive timeout as at any other time, and
+leaves the loop (gunicorn's own shutdown follows) once no connection is open, or at the
+drain deadline.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class GthreadDrain(_Base):
     _rollover_term_at: float | None = None
     _rollover_accepting = True
     nr_conns: int
+    max_keepalived: int
     poller: Any
     sockets: list[Any]
 
@@ -63,7 +65,11 @@ class GthreadDrain(_Base):
         if self._rollover_accepting:
             self._rollover_accepting = False
             self.log.info("Worker draining")
-            self.cfg.set("keepalive", 0)  # every response from now on: Connection: close
+            # every response decided from now on says Connection: close (gunicorn's own
+            # "too many kept-alive connections" rule); cfg.keepalive stays, so a
+            # connection whose keep-alive response was decided just before still gets
+            # its keep-alive timeout for the request its client may be sending already
+            self.max_keepalived = 0
             if hasattr(super(), "set_accept_enabled"):  # 24.0+
                 self.set_accept_enabled(False)
             else:  # 23: the listeners are registered in the poller by run()
