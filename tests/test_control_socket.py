@@ -64,6 +64,9 @@ def test_gunicornc_reload_is_a_rolling_reload_and_is_counted(master: ControlledM
 def test_gunicornc_worker_add_mid_roll_ends_with_the_new_count(master: ControlledMaster) -> None:
     master.app.write("v2", boot_delay=0.5)
     master.hup()
+    # after the HUP has reloaded the config: like gunicorn's own reload, that resets the
+    # count to the config's `workers` (an add racing the reload would be undone)
+    master.wait_status(lambda st: st["reloads"] >= 1, 30, "the HUP to be processed")
     master.gunicornc("worker add 1")
     status = master.wait_status(lambda st: roll_done(0)(st) and settled_with(3)(st), 30,
                                 "the roll to end with 3 workers")
