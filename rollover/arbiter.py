@@ -45,8 +45,14 @@ _HALT_REASONS = {Arbiter.WORKER_BOOT_ERROR: "Worker failed to boot.",
                  Arbiter.APP_LOAD_ERROR: "App failed to load."}
 
 
-class RollingArbiter(gunicorn_compat.Loop, Arbiter):  # type: ignore[misc, valid-type]
+class RollingArbiter(gunicorn_compat.Loop, Arbiter):
     """A gunicorn `Arbiter` whose HUP is a rolling, ready-checked, abortable reload."""
+
+    # gunicorn's own attributes this class uses (gunicorn has no type hints)
+    LISTENERS: list[Any]
+    pidfile: Any
+    reexec_pid: int
+    _last_logged_active_worker_count: int | None
 
     # Set by `_rollover_init`: from `__init__`, or from `activate` when the class is
     # switched on a running arbiter (whose `__init__` has run as gunicorn's).

@@ -54,7 +54,7 @@ class GthreadDrain(_Base):
         # 24.0+'s loop turns accepting back on whenever it has room: not while draining
         if enabled and self._rollover_term_at is not None:
             return
-        super().set_accept_enabled(enabled)  # type: ignore[misc]
+        super().set_accept_enabled(enabled)
 
     def notify(self) -> None:
         super().notify()

@@ -378,7 +378,8 @@ def with_readiness(worker_class: type, interface: Interface | None) -> type:
     if cached is not None:
         return cached
 
-    class ReportingWorker(worker_class):  # type: ignore[misc, valid-type]
+    class ReportingWorker(worker_class):
+        asgi: Any  # gunicorn's asgi worker keeps its app here (set in load_wsgi)
         _rollover_reports = True
         _rollover_ready = False
         _rollover_asgi = False

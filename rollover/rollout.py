@@ -453,11 +453,11 @@ class Machine:
                     "finished": None if r.finished is None else wall(r.finished)}
 
         current = record(self.rollout)
-        if current is not None:
+        if current is not None and self.rollout is not None:
             current.update(new_ready=self._new_ready(), target=self.target,
                            kind="rollback" if self.rollout.is_rollback else "rollout")
         last = record(self.last_rollout)
-        if last is not None:
+        if last is not None and self.last_rollout is not None:
             last["rollback"] = self.last_rollout.rollback
         respawn = None
         if self.failures:
