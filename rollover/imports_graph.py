@@ -30,6 +30,7 @@ import sys
 import zipfile
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -91,7 +92,7 @@ class _Recorder:
     @staticmethod
     def find_spec(name: str, path: Any = None, target: Any = None) -> None:
         with contextlib.suppress(Exception):
-            frame = sys._getframe(1)
+            frame: FrameType | None = sys._getframe(1)
             for _ in range(64):
                 if frame is None:
                     break
@@ -481,11 +482,11 @@ def gather(
                 targets |= facts_of[required][0] & loaded
         for top in mine:
             edges.setdefault(top, set()).update(targets)
-    for top, targets in recorded_edges().items():
+    for top, recorded in recorded_edges().items():
         # gunicorn and rollover import the app and the worker class on its behalf: what
         # they hold is known from their Requires-Dist and from `held`
         if top in loaded and top not in protected:
-            edges.setdefault(top, set()).update(targets)
+            edges.setdefault(top, set()).update(recorded)
     native: dict[str, str] = {}
     for name in sorted(extensions):
         native.setdefault(name.partition(".")[0], name)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rollover import imports_graph
+from rollover import imports_graph, refresh_purge, refresh_state
 from rollover import refresh as rf
 from rollover.imports_graph import GraphFacts
 from rollover.refresh import Fingerprint, changed_tops, reconcile, select_purge, versioned
@@ -430,10 +430,10 @@ def test_interpreter_change_is_detected():
     reg = rf._registry
     same = {"version": sys.version, "executable": reg.executable,
             "base_prefix": reg.base_prefix}
-    assert rf._interpreter_changes(reg, same) == []
-    other = rf._interpreter_changes(reg, {**same, "version": "3.99.0 (main) [GCC]"})
+    assert refresh_state.interpreter_changes(reg, same) == []
+    other = refresh_state.interpreter_changes(reg, {**same, "version": "3.99.0 (main) [GCC]"})
     assert len(other) == 1 and "Python" in other[0] and "3.99.0 is on disk" in other[0]
-    assert rf._interpreter_changes(reg, {**same, "executable": "/usr/bin/python9"})
+    assert refresh_state.interpreter_changes(reg, {**same, "executable": "/usr/bin/python9"})
 
 
 def test_refresh_refuses_another_interpreter_and_touches_nothing(monkeypatch):
@@ -458,9 +458,9 @@ def test_a_module_known_under_a_second_name_goes_with_its_real_package(monkeypat
                                                      origin="/sp/_rollover_real/sub.so")
     monkeypatch.setitem(sys.modules, "_rollover_real.sub", module)
     monkeypatch.setitem(sys.modules, "_rollover_alias", module)
-    assert rf._alias_of("_rollover_alias", module) == "_rollover_real.sub"
-    assert rf._alias_of("_rollover_real.sub", module) is None
-    assert not rf._considered("_rollover_alias", module)
+    assert refresh_state.alias_of("_rollover_alias", module) == "_rollover_real.sub"
+    assert refresh_state.alias_of("_rollover_real.sub", module) is None
+    assert not refresh_state.considered("_rollover_alias", module)
 
 
 def test_finalizers_of_purged_code_are_detached_so_it_can_be_collected():
@@ -476,9 +476,9 @@ def test_finalizers_of_purged_code_are_detached_so_it_can_be_collected():
     kept_code = weakref.finalize(purged.receiver, print)  # a callback that is not purged
     other = weakref.finalize(signal, signal.remove)
     try:
-        assert rf._detach_finalizers({"_rollover_purged"}) == 2
+        assert refresh_purge._detach_finalizers({"_rollover_purged"}) == 2
         assert not ours.alive and not other.alive and kept_code.alive
-        assert rf._detach_finalizers(set()) == 0
+        assert refresh_purge._detach_finalizers(set()) == 0
     finally:
         kept_code.detach()
 
@@ -486,7 +486,7 @@ def test_finalizers_of_purged_code_are_detached_so_it_can_be_collected():
 def test_code_on_the_stack_is_never_purged():
     """pytest around an in-process arbiter, or the module whose run() started it: code
     that is running cannot be replaced under itself (it is kept like gunicorn)."""
-    namespace = {"__name__": "_rollover_running_pkg.mod", "rf": rf}
-    exec("def probe():\n    return rf._running_tops()\n", namespace)
+    namespace = {"__name__": "_rollover_running_pkg.mod", "purge": refresh_purge}
+    exec("def probe():\n    return purge.running_tops()\n", namespace)
     assert "_rollover_running_pkg" in namespace["probe"]()
-    assert "_rollover_running_pkg" not in rf._running_tops()
+    assert "_rollover_running_pkg" not in refresh_purge.running_tops()
