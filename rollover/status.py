@@ -16,10 +16,6 @@ from typing import Any
 
 SCHEMA = 1
 
-STATES = ("idle", "rolling", "degraded")
-WORKER_STATES = ("booting", "ready", "draining")
-RESULTS = ("succeeded", "aborted", "superseded")
-
 
 class StatusError(Exception):
     """The status file is missing, unreadable or not a rollover status (one-line message)."""
