@@ -128,14 +128,13 @@ def _identity(pid: int) -> tuple[int, float] | None:
 
 
 def _start_wall(pid: int) -> float | None:
-    """When `pid` started, as a wall-clock time, to 10 ms (psutil's create_time() is
-    anchored on the boot time, which /proc gives in whole seconds)."""
+    """When `pid` started, as a wall-clock time, to 10 ms: psutil's create_time() is
+    anchored on the boot time, which /proc gives in whole seconds, so only its time since
+    boot is taken, and anchored on CLOCK_BOOTTIME."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
+        since_boot = psutil.Process(pid).create_time() - psutil.boot_time()
+    except psutil.Error:
         return None
-    since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")
     return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
 
 
