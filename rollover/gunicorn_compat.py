@@ -45,6 +45,12 @@ def _version(text: str) -> tuple[int, int]:
 
 VERSION = _version(gunicorn.__version__)
 
+# The master's I/O on its pipes, as the standard library defines it. gunicorn's eventlet
+# worker module (before 26) monkey-patches the master when it is imported to resolve
+# `-k eventlet`, and eventlet's green read/write/select wait in its hub on EAGAIN instead
+# of raising, inside a signal handler too. rollover is imported first (it is the config).
+raw_read, raw_write, raw_select = os.read, os.write, select.select
+
 # gunicorn 24.1 replaced the self-pipe and the signal list with a SimpleQueue.
 QUEUED_SIGNALS = hasattr(Arbiter, "wait_for_signals")
 
@@ -91,13 +97,13 @@ class QueueLoop:
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
-            os.write(self._wake_w, b".")
+            raw_write(self._wake_w, b".")
 
     def wait_for_signals(self, timeout: float = 1.0) -> list[int]:
         with contextlib.suppress(InterruptedError):
-            select.select([self._wake_r, self._channel_fd()], [], [], timeout)
+            raw_select([self._wake_r, self._channel_fd()], [], [], timeout)
         with contextlib.suppress(OSError):
-            while os.read(self._wake_r, 4096):
+            while raw_read(self._wake_r, 4096):
                 pass
         signals: list[int] = []
         while not self.SIG_QUEUE.empty():
@@ -148,12 +154,12 @@ class PipeLoop:
 
     def wakeup(self) -> None:
         with contextlib.suppress(OSError):
-            os.write(self.PIPE[1], b".")
+            raw_write(self.PIPE[1], b".")
 
     def sleep(self) -> None:
         try:
-            select.select([self.PIPE[0], self._channel_fd()], [], [], 1.0)
-            while os.read(self.PIPE[0], 4096):
+            raw_select([self.PIPE[0], self._channel_fd()], [], [], 1.0)
+            while raw_read(self.PIPE[0], 4096):
                 pass
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EINTR):

@@ -45,6 +45,8 @@ VERSIONS = ("23.0.0", "24.1.1", "25.3.0", "26.2.0", "27.0.1")
 # The version whose venv also runs uvicorn-worker's own test suite.
 UVICORN_WORKER_SUITE_GUNICORN = "27.0.1"
 UVICORN_WORKER_VERSION = "0.4.0"
+# The version whose venv also has eventlet (gunicorn's eventlet worker is gone in 26).
+EVENTLET_GUNICORN = "25.3.0"
 
 # Bump to rebuild every venv (anything in `requirements()` changed).
 RECIPE = 1
@@ -70,6 +72,8 @@ def requirements(version: str) -> list[str]:
     if version == UVICORN_WORKER_SUITE_GUNICORN:
         # what uvicorn-worker's tests/conftest.py imports
         reqs += ["trustme", "cryptography"]
+    if version == EVENTLET_GUNICORN:
+        reqs.append("eventlet")
     return reqs
 
 
