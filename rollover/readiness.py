@@ -30,17 +30,16 @@ which uses the same code). The master aborts the roll; the old workers keep serv
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import io
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
+
+from rollover.probe import describe_exception, probe_asgi, probe_wsgi
 
 if TYPE_CHECKING:
     from rollover.settings import Settings
@@ -56,8 +55,6 @@ settings: Settings | None = None
 
 # A worker whose readiness probe failed exits with this code: gunicorn's WORKER_BOOT_ERROR.
 PROBE_FAILED_EXIT_CODE = 3
-
-PROBE_USER_AGENT = "rollover-probe"
 
 # How much sooner than the master's ready deadline the worker gives up on its probe, so
 # the roll aborts with the probe's own cause rather than "not READY within ...".
@@ -128,162 +125,6 @@ def report(event: str, detail: str = "") -> None:
     line = json.dumps({"pid": os.getpid(), "event": event, "detail": detail}) + "\n"
     with contextlib.suppress(OSError):
         os.write(_write_fd, line.encode("utf-8", "replace"))
-
-
-def describe_exception(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[-1]}" if text else type(exc).__name__
-
-
-# -- the readiness probe ------------------------------------------------------------------
-
-
-class _ProbeTimeout(Exception):
-    pass
-
-
-def _split_path(path: str) -> tuple[str, str]:
-    path_only, _, query = path.partition("?")
-    return path_only, query
-
-
-def _probe_failure(path: str, what: str) -> str:
-    return f"readiness probe GET {path} {what}"
-
-
-def probe_wsgi(app: Callable[..., Any], path: str, *, host: str, port: int,
-               timeout: float) -> str | None:
-    """Call a WSGI app with `GET path`; None when it answered 2xx, else the cause.
-
-    Runs in the calling (main) thread; `timeout` is enforced with SIGALRM, whose handler
-    is restored afterwards.
-    """
-    path_only, query = _split_path(path)
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": "GET",
-        "SCRIPT_NAME": "",
-        "PATH_INFO": path_only,
-        "QUERY_STRING": query,
-        "RAW_URI": path,
-        "SERVER_NAME": host,
-        "SERVER_PORT": str(port),
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "127.0.0.1",
-        "REMOTE_PORT": "0",
-        "HTTP_HOST": f"{host}:{port}",
-        "HTTP_USER_AGENT": PROBE_USER_AGENT,
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(b""),
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": True,
-        "wsgi.run_once": False,
-    }
-    status: list[str] = []
-
-    def start_response(status_line: str, headers: Any, exc_info: Any = None) -> Callable[..., Any]:
-        status[:] = [status_line]
-        return lambda data: None
-
-    def on_alarm(signum: int, frame: Any) -> None:
-        raise _ProbeTimeout
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, max(timeout, 0.01))
-    try:
-        body = app(environ, start_response)
-        try:
-            for _ in body:
-                pass
-        finally:
-            close = getattr(body, "close", None)
-            if close is not None:
-                close()
-    except _ProbeTimeout:
-        return _probe_failure(path, f"did not answer within {timeout:.1f}s")
-    except Exception as exc:
-        return _probe_failure(path, f"raised {describe_exception(exc)}")
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-    if not status:
-        return _probe_failure(path, "returned without calling start_response")
-    return _judge(path, status[0].split(" ", 1)[0])
-
-
-def _judge(path: str, status: Any) -> str | None:
-    try:
-        code = int(status)
-    except (TypeError, ValueError):
-        return _probe_failure(path, f"answered a malformed status {status!r}")
-    if 200 <= code < 300:
-        return None
-    return _probe_failure(path, f"answered {code}")
-
-
-async def probe_asgi(app: Callable[..., Any], path: str, *, state: dict[str, Any] | None,
-                     host: str, port: int, timeout: float) -> str | None:
-    """Send an ASGI app one `http` request, `GET path`; None when it answered 2xx."""
-    path_only, query = _split_path(path)
-    scope: dict[str, Any] = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path_only,
-        "raw_path": path_only.encode("utf-8", "replace"),
-        "query_string": query.encode("utf-8", "replace"),
-        "root_path": "",
-        "headers": [(b"host", f"{host}:{port}".encode("latin-1", "replace")),
-                    (b"user-agent", PROBE_USER_AGENT.encode())],
-        "client": ("127.0.0.1", 0),
-        "server": (host, port),
-    }
-    if state is not None:
-        scope["state"] = dict(state)
-    status: list[Any] = []
-    answered = asyncio.Event()
-    request_sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal request_sent
-        if not request_sent:
-            request_sent = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await answered.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message.get("type") == "http.response.start":
-            status[:] = [message.get("status")]
-        elif message.get("type") == "http.response.body" and not message.get("more_body"):
-            answered.set()
-
-    task = asyncio.ensure_future(app(scope, receive, send))
-    waiter = asyncio.ensure_future(answered.wait())
-    try:
-        await asyncio.wait({task, waiter}, timeout=max(timeout, 0.01),
-                           return_when=asyncio.FIRST_COMPLETED)
-        if answered.is_set() and not task.done():
-            # the response is complete: let the app return (background tasks and all)
-            await asyncio.wait({task}, timeout=1.0)
-    finally:
-        waiter.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-    if task.done() and not task.cancelled() and task.exception() is not None:
-        exc = task.exception()
-        assert exc is not None
-        return _probe_failure(path, f"raised {describe_exception(exc)}")
-    if not answered.is_set():
-        if not task.done() or task.cancelled():
-            return _probe_failure(path, f"did not answer within {timeout:.1f}s")
-        return _probe_failure(path, "returned without a complete response")
-    return _judge(path, status[0] if status else None)
 
 
 def _listener_address(sockets: list[Any]) -> tuple[str, int]:

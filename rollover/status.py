@@ -41,24 +41,30 @@ def parse_iso(value: str) -> float:
     return datetime.fromisoformat(value).timestamp()
 
 
+def write_atomic(path: str, text: str, mode: int = 0o600) -> None:
+    """Replace `path` with `text` atomically (temp file in the same directory + rename),
+    with file mode `mode`: a reader sees the old content or the new, never a part.
+    The one writer of the status, a release's metadata and a pidfile."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".rollover-", suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def write_status(path: str, data: dict[str, Any]) -> None:
     """Write `data` as JSON to `path` atomically with mode 0600.
 
     Raises OSError (full disk, missing directory, permissions): the caller in the master
     logs it and carries on.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".rollover-", suffix=".tmp", dir=directory)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", 0o600)
 
 
 def read_status(path: str) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 and masters that run through `<root>/current`.
 
 The release venvs install gunicorn and rollover offline from one wheelhouse per test session
-(`pip wheel` of this checkout, `pip download` of the gunicorn releases, from pip's cache
+(`pip wheel` of this checkout, `pip download` of the gunicorn releases and psutil, from pip's cache
 after the first run), shared between xdist workers under a file lock.
 """
 
@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,9 @@ def wheelhouse(factory: pytest.TempPathFactory) -> Path:
         for version in (GUNICORN_LIVE, GUNICORN_OTHER):
             _run([*pip, "download", "-q", "--no-deps", f"gunicorn=={version}", "-d",
                   str(house)])
+        # rollover's own runtime dependency (it reads other processes through psutil)
+        _run([*pip, "download", "-q", "--no-deps", f"psutil=={metadata.version('psutil')}",
+              "-d", str(house)])
         (house / ".complete").write_text("ok\n")
     return house
 

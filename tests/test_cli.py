@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from rollover import __version__
-from rollover.cli import Done, Progress, age, follow, render_status
+from rollover.cli import age, render_status
+from rollover.master import Done, Progress, follow
 from rollover.status import iso, write_status
 
 NOW = 1_700_000_000.0

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -45,6 +46,8 @@ from deploy_support import (
 from harness import Load, children_of, pid_alive, wait_for
 
 from rollover import deploy
+from rollover.probe import is_asgi
+from rollover.probe import main as preflight_main
 
 pytestmark = pytest.mark.process
 
@@ -328,7 +331,7 @@ def _preflight(tmp_path: Path, app: str, probe: str | None, interface: str = "au
     cwd, path = os.getcwd(), list(sys.path)
     os.chdir(tmp_path)
     try:
-        code = deploy.preflight_main([json.dumps(request)])
+        code = preflight_main([json.dumps(request)])
     finally:
         os.chdir(cwd)
         sys.path[:] = path
@@ -394,8 +397,8 @@ def test_is_asgi() -> None:
 
     async def asgi_fn(scope: Any, receive: Any, send: Any) -> None: ...
 
-    assert deploy._is_asgi(Asgi()) and deploy._is_asgi(asgi_fn)
-    assert not deploy._is_asgi(wsgi)
+    assert is_asgi(Asgi()) and is_asgi(asgi_fn)
+    assert not is_asgi(wsgi)
     assert asyncio.iscoroutinefunction(asgi_fn)
 
 
@@ -406,3 +409,55 @@ def test_parser_has_deploy() -> None:
                                           "--source", "s"])
     assert isinstance(args, argparse.Namespace)
     assert args.keep == deploy.DEFAULT_KEEP and args.method == "auto"
+
+
+# --------------------------------------------------------------------------- the plan (pure)
+
+
+def _facts(**changes: Any) -> Any:
+    from rollover.deploy.facts import Facts
+
+    same = {"implementation": "cpython", "version": "3.11.7", "gunicorn": "27.0.1",
+            "rollover": "0.1.0"}
+    facts = Facts(current="/srv/app/current", master_python="/srv/app/current/venv/bin/python",
+                  python_follows_current=True,
+                  old_python={"implementation": "cpython", "version": "3.11.7"},
+                  new_python=same, old_versions={"gunicorn": "27.0.1", "rollover": "0.1.0"},
+                  worker_packages=None, shared_objects=([], 4))
+    return dataclasses.replace(facts, **changes)
+
+
+@pytest.mark.parametrize(("changes", "method", "reason"), [
+    ({}, "hup", None),
+    ({"python_follows_current": False}, "usr2", "not the venv behind /srv/app/current"),
+    ({"master_python": None}, "usr2", "interpreter path is unknown"),
+    ({"old_python": None}, "usr2", "Python version is unknown"),
+    ({"old_python": {"implementation": "cpython", "version": "3.11.6"}}, "usr2",
+     "Python cpython 3.11.6 -> cpython 3.11.7"),
+    ({"old_versions": {"gunicorn": "27.0.0", "rollover": "0.1.0"}}, "usr2",
+     "gunicorn 27.0.0 -> 27.0.1"),
+    ({"worker_packages": ({"uvicorn": "0.30"}, {"uvicorn": "0.31"})}, "usr2",
+     "worker class packages uvicorn 0.30 -> uvicorn 0.31"),
+    ({"worker_packages": ({"uvicorn": "0.30"}, {"uvicorn": "0.30"})}, "hup", None),
+    ({"shared_objects": (["a.so (changed)"], 4)}, "usr2", "C extension loaded by the master"),
+    ({"shared_objects": "Permission denied"}, "usr2", "cannot read the master's memory map"),
+])
+def test_plan_decides_hup_or_usr2(changes: dict[str, Any], method: str,
+                                  reason: str | None) -> None:
+    from rollover.deploy.plan import plan
+
+    got = plan(_facts(**changes))
+    assert got.method == method, got
+    if reason is None:
+        assert got.reasons == [] and got.checked
+    else:
+        assert any(reason in r for r in got.reasons), got.reasons
+
+
+def test_plan_forced_and_without_master() -> None:
+    from rollover.deploy.plan import plan
+
+    assert plan(None, "usr2").method == "start"
+    assert plan(_facts(), "usr2").reasons == ["--method usr2"]
+    forced = plan(_facts(old_python=None), "hup")
+    assert forced.method == "hup" and forced.reasons == ["the master's Python version is unknown"]

@@ -1,0 +1,182 @@
+"""The app root: `<root>/releases/<id>/` (each with its metadata file) and the `<root>/current`
+symlink, switched atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rollover.deploy.report import DeployError
+from rollover.status import write_atomic
+
+METADATA = ".rollover-release.json"
+BUILD_LOG = ".rollover-build.log"
+LOCK_NAME = ".rollover-deploy.lock"
+RELEASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class Release:
+    id: str
+    path: Path
+    created: float
+    complete: bool
+
+class Layout:
+    """`<root>/releases/<id>/` and the `<root>/current` symlink."""
+
+    def __init__(self, root: str) -> None:
+        self.root = Path(os.path.abspath(root))
+        self.releases = self.root / "releases"
+        self.current = self.root / "current"
+
+    def check(self, create: bool = False) -> None:
+        if create and not self.root.exists():
+            try:
+                self.root.mkdir(parents=True)
+            except OSError as exc:
+                raise DeployError(f"cannot create the app root {self.root}: "
+                                  f"{exc.strerror}") from None
+        if not self.root.is_dir():
+            raise DeployError(f"app root {self.root}: no such directory")
+        if self.current.exists() and not self.current.is_symlink():
+            raise DeployError(f"{self.current} is not a symlink: it cannot be switched "
+                              "atomically (move it into releases/ and link it)")
+        self.releases.mkdir(exist_ok=True)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        path = self.root / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise DeployError(f"another deploy is running on {self.root} "
+                                  f"(pid {holder}, lock {path})") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    def current_id(self) -> str | None:
+        """The release `current` names; None without a `current` link."""
+        try:
+            target = os.readlink(self.current)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise DeployError(f"cannot read {self.current}: {exc.strerror}") from None
+        resolved = Path(os.path.normpath(self.root / target))
+        if resolved.parent != self.releases:
+            raise DeployError(f"{self.current} -> {target} is not a release in {self.releases}")
+        return resolved.name
+
+    def path(self, release_id: str) -> Path:
+        return self.releases / release_id
+
+    def release(self, release_id: str) -> Release | None:
+        path = self.path(release_id)
+        if not path.is_dir() or path.is_symlink():
+            return None
+        meta = read_metadata(path)
+        created = meta.get("created") if meta else None
+        if not isinstance(created, int | float):
+            created = path.stat().st_mtime
+        return Release(release_id, path, float(created), bool(meta and meta.get("complete")))
+
+    def list(self) -> list[Release]:
+        """Every release dir (complete or not), newest first; hidden scratch dirs excluded."""
+        found = []
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.releases):
+                if entry.name.startswith("."):
+                    continue
+                release = self.release(entry.name)
+                if release is not None:
+                    found.append(release)
+        return sorted(found, key=lambda r: (r.created, r.id), reverse=True)
+
+    def switch(self, release_id: str) -> None:
+        """Point `current` at `releases/<id>` atomically: a new symlink renamed over it."""
+        tmp = self.root / f".current.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.symlink(os.path.join("releases", release_id), tmp)
+        try:
+            os.replace(tmp, self.current)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        with contextlib.suppress(OSError):
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def remove(self, path: Path) -> None:
+        """Delete a release: renamed first, so a half-deleted one never looks like a release."""
+        trash = self.releases / f".trash-{path.name}-{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            os.rename(path, trash)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+
+def read_metadata(release_dir: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((release_dir / METADATA).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_metadata(release_dir: Path, data: dict[str, Any]) -> None:
+    write_atomic(str(release_dir / METADATA), json.dumps(data, indent=2, sort_keys=True) + "\n",
+                 0o644)
+
+
+def new_release_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid() % 100000:05d}"
+
+
+def mark(release_dir: Path, note: str) -> None:
+    meta = read_metadata(release_dir)
+    if meta is not None:
+        meta["note"] = note
+        with contextlib.suppress(OSError):
+            write_metadata(release_dir, meta)
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def current_or_none(layout: Layout) -> str | None:
+    try:
+        return layout.current_id()
+    except DeployError:
+        return None
+
+
+def under(path: str, directory: Path) -> bool:
+    """Whether `path`, taken literally (symlinks not resolved), lies under `directory`."""
+    normal = os.path.normpath(os.path.abspath(path))
+    for base in {str(directory), os.path.join(os.path.realpath(directory.parent),
+                                              directory.name)}:
+        if normal.startswith(base + os.sep):
+            return True
+    return False
