@@ -44,6 +44,10 @@ from rollover.probe import describe_exception, probe_asgi, probe_wsgi
 if TYPE_CHECKING:
     from rollover.settings import Settings
 
+# Non-blocking reads that raise on EAGAIN even in a master eventlet monkey-patched when
+# gunicorn imported its eventlet worker module (see rollover.gunicorn_compat).
+_raw_read = os.read
+
 # Leave room under PIPE_BUF (4096 on Linux) for the JSON framing.
 _MAX_DETAIL = 1500
 
@@ -92,7 +96,7 @@ class Channel:
         chunks = []
         while True:
             try:
-                chunk = os.read(self.read_fd, 65536)
+                chunk = _raw_read(self.read_fd, 65536)
             except BlockingIOError:
                 break
             if not chunk:
