@@ -1,11 +1,11 @@
-"""The drain for gunicorn's `gthread` worker before 27.0 (27 drains on its own).
+"""The drain for gunicorn's `gthread` worker before 27.0.1 (27.0.1 drains on its own).
 
 gunicorn 23's ThreadWorker, on SIGTERM, leaves its loop at once and closes its poller: the
 keep-alive connections waiting in it are dropped without an answer, so a client sending its
 next request on one gets a reset (measured: 12 failed requests per roll, 4 workers, 8
 keep-alive clients). 24.0-26.x serve the open connections while stopping, but close one
 right after a response that announced keep-alive (the client's next request on it fails:
-1-2 per roll, intermittently); 27.0 fixed that. `GthreadDrain`, in front of the class,
+1-3 per roll, intermittently, 27.0.0 too); 27.0.1 fixed that. `GthreadDrain`, in front of the class,
 drains with the stock loop: on SIGTERM the worker stays alive to its loop, stops accepting,
 answers every request still arriving on an open connection with ``Connection: close``
 (gunicorn's own rule for too many kept-alive connections, its limit set to 0), lets an
@@ -31,7 +31,7 @@ __all__ = ["GthreadDrain"]
 
 
 class GthreadDrain(_Base):
-    """Goes in front of gunicorn's `ThreadWorker` before 27.0 (or a subclass keeping its
+    """Goes in front of gunicorn's `ThreadWorker` before 27.0.1 (or a subclass keeping its
     loop)."""
 
     rollover_summary = "Connection: close while draining, open connections served"

@@ -8,8 +8,8 @@ base classes and composes:
   asgi, uvicorn);
 - the drain, for the ASGI families: `rollover.drain_uvicorn.UvicornDrain` or
   `rollover.drain_asgi.ASGIDrain` put in front of the class (see `rollover.drain`), and
-  for gthread before gunicorn 27.0, `rollover.drain_gthread.GthreadDrain`. The other WSGI
-  families (`sync`, `gevent`, `eventlet`, gthread from gunicorn 27.0) keep gunicorn's own
+  for gthread before gunicorn 27.0.1, `rollover.drain_gthread.GthreadDrain`. The other WSGI
+  families (`sync`, `gevent`, `eventlet`, gthread from gunicorn 27.0.1) keep gunicorn's own
   drain, which fails no request when workers are retired one at a time.
 
 A family is known by `issubclass` against its stock classes, looked up only in modules
@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 from rollover import readiness
 from rollover.drain import SUMMARY
-from rollover.gunicorn_compat import GTHREAD_DRAINS
 from rollover.readiness import Interface
 
 __all__ = ["FAMILIES", "Extension", "Family", "drained", "extend_worker_class", "family_of"]
@@ -48,6 +47,8 @@ class Family:
     drain: tuple[str, str] | None = None
     # methods of the stock serving loop the drain relies on: overriding one rules it out
     loop: tuple[str, ...] = ("_serve", "run")
+    # (module, attribute) whose presence says the stock class drains on its own: no mixin
+    drains_itself_if: tuple[str, str] | None = None
 
     def stock_base(self, worker_class: type) -> type | None:
         """The family's stock class `worker_class` derives from, or None."""
@@ -61,6 +62,10 @@ class Family:
     def drain_mixin(self) -> type | None:
         if self.drain is None:
             return None
+        if self.drains_itself_if is not None:
+            module_name, marker = self.drains_itself_if
+            if hasattr(sys.modules.get(module_name), marker):
+                return None
         module_name, class_name = self.drain
         mixin: type = getattr(importlib.import_module(module_name), class_name)
         return mixin
@@ -78,8 +83,10 @@ FAMILIES: tuple[Family, ...] = (
     Family("gevent", "wsgi", (("gunicorn.workers.ggevent", "GeventWorker"),)),
     Family("eventlet", "wsgi", (("gunicorn.workers.geventlet", "EventletWorker"),)),
     Family("gthread", "wsgi", (("gunicorn.workers.gthread", "ThreadWorker"),),
-           drain=None if GTHREAD_DRAINS else ("rollover.drain_gthread", "GthreadDrain"),
-           loop=("run", "handle_exit", "set_accept_enabled")),
+           drain=("rollover.drain_gthread", "GthreadDrain"),
+           loop=("run", "handle_exit", "set_accept_enabled"),
+           # 27.0.1 keeps kept-alive connections STOP_KEEPALIVE_LINGER while stopping
+           drains_itself_if=("gunicorn.workers.gthread", "STOP_KEEPALIVE_LINGER")),
     Family("sync", "wsgi", (("gunicorn.workers.sync", "SyncWorker"),)),
 )
 

@@ -54,11 +54,6 @@ raw_read, raw_write, raw_select = os.read, os.write, select.select
 # gunicorn 24.1 replaced the self-pipe and the signal list with a SimpleQueue.
 QUEUED_SIGNALS = hasattr(Arbiter, "wait_for_signals")
 
-# gunicorn 27.0's gthread worker drains without failing a request; 23's drops its
-# keep-alive connections at SIGTERM, 24.0-26.x close one after a response that announced
-# keep-alive (rollover.drain_gthread fills that in).
-GTHREAD_DRAINS = VERSION >= (27, 0)
-
 # How gunicorn logs a worker that a SIGTERM ended when rollover did not ask for it.
 SIGTERM_LEVEL = "info" if QUEUED_SIGNALS else "error"
 
