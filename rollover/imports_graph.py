@@ -98,7 +98,7 @@ class _Recorder:
                     break
                 importer = frame.f_globals.get("__name__")
                 if isinstance(importer, str) and not (
-                        importer.startswith(_SKIPPED_FRAMES) or _is_stdlib(importer)):
+                        importer.startswith(_SKIPPED_FRAMES) or is_stdlib(importer)):
                     _record(importer, name)
                     break
                 frame = frame.f_back
@@ -112,7 +112,8 @@ class _Recorder:
 _RECORDER = _Recorder()
 
 
-def _is_stdlib(name: str) -> bool:
+def is_stdlib(name: str) -> bool:
+    """Whether module `name` belongs to the stdlib (or is built in), by its top-level name."""
     top = name.partition(".")[0]
     return top in sys.stdlib_module_names or top in sys.builtin_module_names
 

@@ -14,8 +14,8 @@ from types import FrameType
 from typing import Any
 
 from rollover import imports_graph
-from rollover.imports_graph import Dist, PurgePlan, dist_tops
-from rollover.refresh_state import IGNORED, Fingerprint, Registry, alias_of, fingerprint, is_stdlib
+from rollover.imports_graph import Dist, PurgePlan, dist_tops, is_stdlib
+from rollover.refresh_state import IGNORED, Fingerprint, Registry, alias_of, fingerprint
 
 
 def distribution_changes(

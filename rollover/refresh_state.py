@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from rollover.imports_graph import Dist, distributions
+from rollover.imports_graph import Dist, distributions, is_stdlib
 from rollover.refresh_paths import path_key, pth_files, pth_paths, running_site_dirs
 
 # Modules that are not packages anyone imports by name again: never considered.
@@ -123,11 +123,6 @@ def changed_tops(
     return dict(sorted(out.items()))
 
 # --------------------------------------------------------------------------- registry
-
-
-def is_stdlib(name: str) -> bool:
-    top = name.partition(".")[0]
-    return top in sys.stdlib_module_names or top in sys.builtin_module_names
 
 
 def module_file(module: Any) -> str | None:
