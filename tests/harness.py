@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
+
 from rollover.status import StatusError, default_status_path, read_status
 
 BIN = Path(sys.executable).parent
@@ -162,46 +164,53 @@ class AppCode:
 # --------------------------------------------------------------------------- processes
 
 
-def _proc_starttime(pid: int) -> int | None:
-    """The start time of `pid` (clock ticks since boot), None when it is gone."""
+def _running(proc: psutil.Process) -> bool:
+    """Whether `proc` is still that process (not a later one reusing its pid: psutil
+    compares start times) and not a zombie."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            stat = fh.read()
-    except OSError:
+        return bool(proc.is_running()) and proc.status() not in (
+            psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.Error:
+        return False
+
+
+def _process(pid: int) -> psutil.Process | None:
+    """The live (non-zombie) process `pid`, None when it is gone."""
+    try:
+        proc = psutil.Process(pid)
+    except psutil.Error:
         return None
-    # Field 22; the command (field 2) is in parentheses and may contain spaces.
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":  # zombie: dead already
-        return None
-    return int(fields[19])
+    return proc if _running(proc) else None
 
 
 def children_of(pid: int) -> list[int]:
     try:
-        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as fh:
-            return [int(p) for p in fh.read().split()]
-    except OSError:
+        return [child.pid for child in psutil.Process(pid).children()]
+    except psutil.Error:
         return []
 
 
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes in process group `pgid`, sorted."""
     members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
-            members.append(int(entry))
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if (proc.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+                    and os.getpgid(proc.pid) == pgid):
+                members.append(proc.pid)
     return sorted(members)
 
 
+def fd_count(pid: int) -> int:
+    return int(psutil.Process(pid).num_fds())
+
+
+def rss_kib(pid: int) -> int:
+    return int(psutil.Process(pid).memory_info().rss // 1024)
+
+
 def pid_alive(pid: int) -> bool:
-    return _proc_starttime(pid) is not None
+    return _process(pid) is not None
 
 
 def bin_dir(venv: Path | None) -> Path:
@@ -280,7 +289,7 @@ class Master:
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.orphans: list[int] = []
-        self._seen: dict[int, int] = {}  # worker pid -> start time, for orphan cleanup
+        self._seen: dict[int, psutil.Process] = {}  # worker pid -> process, for orphan cleanup
 
     # -- lifecycle
 
@@ -395,7 +404,7 @@ class Master:
 
     def leftover_workers(self) -> list[int]:
         """Workers seen earlier that are still running (the same process, not a reused pid)."""
-        return sorted(pid for pid, started in self._seen.items() if _proc_starttime(pid) == started)
+        return sorted(pid for pid, proc in self._seen.items() if _running(proc))
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM, wait, SIGKILL fallback; then make sure no worker is left over."""
@@ -427,9 +436,9 @@ class Master:
             return []
         pids = sorted(children_of(self.pid))
         for pid in pids:
-            started = _proc_starttime(pid)
-            if started is not None:
-                self._seen.setdefault(pid, started)
+            proc = _process(pid)
+            if proc is not None:
+                self._seen.setdefault(pid, proc)
         return pids
 
     def log_text(self) -> str:
@@ -902,3 +911,142 @@ def start_settled(
     status = master.wait_status(settled_with(workers), 30, f"{workers} ready workers")
     assert status["generation"] == 0, status
     return master, status
+
+
+def live_pids(st: Status) -> list[int]:
+    """The status's workers that are not draining (a retired one may still be)."""
+    return [w["pid"] for w in st["workers"] if w["state"] != "draining"]
+
+
+def wait_only(master: Master, pids: list[int], timeout: float = 30.0) -> float:
+    """Wait until the master's children are exactly `pids` (the rest drained and exited);
+    return when (monotonic)."""
+    want = sorted(pids)
+
+    def check() -> float | None:
+        if not master.alive():
+            raise AssertionError(f"master exited (code {master.returncode}){master.tail()}")
+        return time.monotonic() if master.worker_pids() == want else None
+
+    return wait_for(
+        check,
+        timeout,
+        what=f"the master's children to be {want}",
+        interval=0.02,
+        on_timeout=lambda: f" (they are {master.worker_pids()}){master.tail()}",
+    )
+
+
+def assert_settled_on(master: Master, status: Status, workers: int) -> None:
+    """`workers` READY workers, all on the status' current generation and really running
+    (the master's children are exactly the status's workers)."""
+    gen = status["generation"]
+    assert status["state"] == "idle", status
+    assert len(status["workers"]) == workers, status
+    assert [w["generation"] for w in status["workers"]] == [gen] * workers, status
+    assert [w["state"] for w in status["workers"]] == ["ready"] * workers, status
+    wait_only(master, [w["pid"] for w in status["workers"]])
+
+
+def roll_under_load(
+    master: Master,
+    app: AppCode,
+    load: Load | None,
+    *,
+    version: str,
+    boot: float,
+    workers: int,
+) -> tuple[float, float, Status]:
+    """Write `version`, HUP, wait for the roll to end and the old workers to be gone.
+
+    Returns (hup_at, done_at, final status); waits for some answers after done_at.
+    """
+    before = master.status()
+    assert before is not None, master.tail()
+    app.write(version, boot_delay=boot)
+    hup_at = master.hup()
+    final = master.wait_status(
+        roll_done(before["reloads"]), 20 + 4 * workers * boot, f"the roll to {version} to end"
+    )
+    done_at = wait_only(master, live_pids(final))
+    if load is not None:
+        load.wait_requests(2 * load.clients, after=done_at)
+    return hup_at, done_at, final
+
+
+def log_since(master: Master, offset: int) -> str:
+    return master.log_text()[offset:]
+
+
+# --------------------------------------------------------------------------- soak scale
+
+
+def soak_scale() -> float:
+    """How much of the repeated scenarios to run: ROLLOVER_TEST_SOAK_SCALE, CI shortens."""
+    raw = os.environ.get("ROLLOVER_TEST_SOAK_SCALE")
+    if raw:
+        return max(0.0, float(raw))
+    return 0.16 if os.environ.get("CI", "").lower() in ("true", "1", "yes") else 1.0
+
+
+def scaled(count: int, minimum: int) -> int:
+    return max(minimum, round(count * soak_scale()))
+
+
+# --------------------------------------------------------------------------- masters of a test venv
+
+
+class VenvMaster(Master):
+    """A harness Master run by the test venv's own gunicorn script."""
+
+    def __init__(self, *args: Any, gunicorn_script: Path, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gunicorn_script = gunicorn_script
+
+    def argv(self) -> list[str]:
+        return [str(self.gunicorn_script), *super().argv()[1:]]
+
+
+def roll(master: Master, timeout: float = 60) -> dict[str, Any]:
+    """HUP, then wait until that reload's roll finished with all the master's workers
+    ready; it must have succeeded."""
+    before = master.status()
+    assert before is not None
+    reloads = before["reloads"]
+    master.hup()
+
+    def done(s: dict[str, Any]) -> bool:
+        last = s["last_rollout"]
+        return (s["reloads"] > reloads and s["rollout"] is None and last is not None
+                and last["reload"] > reloads
+                and all(w["state"] == "ready" for w in s["workers"])
+                and len(ready_workers(s)) == master.workers)
+
+    status = master.wait_status(done, timeout, "the roll to finish")
+    assert status["last_rollout"]["result"] == "succeeded", status
+    return status
+
+
+def answers(master: Master, status: dict[str, Any] | None = None) -> dict[int, dict[str, Any]]:
+    """One answer from every READY worker (fresh connections until each answered)."""
+    status = status or master.status()
+    assert status is not None
+    wanted = {w["pid"] for w in status["workers"] if w["state"] == "ready"}
+    seen: dict[int, dict[str, Any]] = {}
+
+    def check() -> bool:
+        with contextlib.suppress(OSError, http.client.HTTPException, ValueError):
+            code, body = http_get(master.port, timeout=5.0)
+            if code == 200:
+                data = json.loads(body)
+                seen[int(data["pid"])] = data
+        return wanted <= set(seen)
+
+    wait_for(check, 30, what=f"answers from workers {sorted(wanted)}", interval=0.01,
+             on_timeout=lambda: f" (got {sorted(seen)}){master.tail()}")
+    return {pid: seen[pid] for pid in wanted}
+
+
+def refresh_lines(master: Master) -> list[str]:
+    return [ln.split("import refresh: ", 1)[1] for ln in master.log_text().splitlines()
+            if "import refresh: " in ln]

@@ -24,8 +24,7 @@ from pathlib import Path
 
 import matrix
 import pytest
-from harness import REPO, AppCode
-from test_refresh_process import VenvMaster, answers, ready_workers, refresh_lines, roll
+from harness import REPO, AppCode, VenvMaster, answers, ready_workers, refresh_lines, roll
 from wheels import Venv, run
 
 pytestmark = pytest.mark.process
@@ -153,7 +152,7 @@ def test_django_minor_upgrade_under_preload(
                         app_spec="djsite.wsgi:application", gunicorn_script=venv.gunicorn)
     try:
         master.start()
-        master.wait_status(lambda s: ready_workers(s) == WORKERS, 60, "workers ready")
+        master.wait_status(lambda s: len(ready_workers(s)) == WORKERS, 60, "workers ready")
         expected = {"label": "shop.Item", "registry_ready": True, "same_class": True,
                     "query": True}
         before = answers(master)

@@ -33,17 +33,23 @@ from harness import (
     Load,
     Master,
     Status,
+    assert_settled_on,
     booting_workers,
     check_roll,
+    fd_count,
     figures,
     group_members,
+    log_since,
     pid_alive,
     ready_workers,
     roll_done,
+    rss_kib,
     run_cli,
+    scaled,
     settled_with,
     start_settled,
     wait_for,
+    wait_only,
 )
 
 from rollover.status import StatusError, parse_iso, read_status
@@ -55,64 +61,6 @@ CLIENTS = 6
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def soak_scale() -> float:
-    """How much of the repeated scenarios to run: ROLLOVER_TEST_SOAK_SCALE, CI shortens."""
-    raw = os.environ.get("ROLLOVER_TEST_SOAK_SCALE")
-    if raw:
-        return max(0.0, float(raw))
-    return 0.16 if os.environ.get("CI", "").lower() in ("true", "1", "yes") else 1.0
-
-
-def scaled(count: int, minimum: int) -> int:
-    return max(minimum, round(count * soak_scale()))
-
-
-
-
-
-
-
-
-
-
-
-
-def wait_children(
-    master: Master, want: Callable[[list[int]], bool], what: str, timeout: float = 30.0
-) -> list[int]:
-    """Poll the master's children until `want(children)`; fail at once if it died."""
-
-    def check() -> list[int] | None:
-        if not master.alive():
-            raise AssertionError(f"master exited (code {master.returncode}){master.tail()}")
-        pids = master.worker_pids()
-        return pids if want(pids) else None
-
-    return wait_for(
-        check,
-        timeout,
-        what=what,
-        interval=0.02,
-        on_timeout=lambda: f" (children {master.worker_pids()}){master.tail()}",
-    )
-
-
-def wait_only(master: Master, pids: list[int], timeout: float = 30.0) -> float:
-    """Wait until the master's children are exactly `pids`; return when (monotonic)."""
-    want = sorted(pids)
-    wait_children(master, lambda c: c == want, f"the master's children to be {want}", timeout)
-    return time.monotonic()
-
-
-def assert_settled_on(master: Master, status: Status, workers: int) -> None:
-    """`workers` READY workers, all on the status' generation, all really running."""
-    gen = status["generation"]
-    assert status["state"] == "idle", status
-    assert [w["generation"] for w in status["workers"]] == [gen] * workers, status
-    assert [w["state"] for w in status["workers"]] == ["ready"] * workers, status
-    wait_only(master, [w["pid"] for w in status["workers"]])
 
 
 def versions_answering(master: Master, requests: int = 12) -> Counter[str]:
@@ -137,23 +85,6 @@ def check_fault_roll(
     stops serving while the new code boots still shows up: its stall is a whole boot.
     """
     return check_roll(load, hup_at=hup_at, done_at=done_at, boot=2 * boot, version=version)
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
-
-def log_since(master: Master, offset: int) -> str:
-    return master.log_text()[offset:]
 
 
 def write_module(app: AppCode, text: str, version: str) -> None:

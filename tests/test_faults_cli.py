@@ -24,18 +24,24 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
-from harness import ROLLOVER_CLI, AppCode, Load, Master, run_cli, wait_for
-from test_faults import (
+from harness import (
+    ROLLOVER_CLI,
+    AppCode,
+    Load,
+    Master,
     assert_settled_on,
     fd_count,
     log_since,
     roll_done,
     rss_kib,
+    run_cli,
     scaled,
     settled_with,
     soak_scale,
     start_settled,
+    wait_for,
     wait_only,
 )
 
@@ -166,8 +172,7 @@ def test_pidfile_that_names_no_rollover_master(
         pid, needle = target.pid, "is not a gunicorn master"
         write_status(str(status_path), fake_status(pid))
     elif case == "pid-1":
-        cmdline = Path("/proc/1/cmdline").read_bytes()
-        if b"gunicorn" in cmdline:
+        if "gunicorn" in " ".join(psutil.Process(1).cmdline()):
             pytest.skip("pid 1 is a gunicorn here")
         pid, needle = 1, "process 1"
     elif case == "no-status-file":

@@ -35,18 +35,20 @@ from harness import (
     AppCode,
     Load,
     Master,
+    assert_settled_on,
     booting_workers,
     check_roll,
     figures,
     group_members,
     ready_workers,
     roll_done,
+    roll_under_load,
     run_cli,
     settled_with,
     start_settled,
     wait_for,
+    wait_only,
 )
-from test_rolling import assert_settled_on, roll_under_load, wait_only
 
 from rollover.status import parse_iso
 

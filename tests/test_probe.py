@@ -13,14 +13,12 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from harness import AppCode, Load, Master, run_cli, wait_for
+from harness import AppCode, Load, Master, roll_done, run_cli, settled_with, wait_for
 
 pytestmark = pytest.mark.process
 
-Status = dict[str, Any]
 
 PROBE = "/healthz"
 ENV = {"ROLLOVER_PROBE_PATH": PROBE}
@@ -162,24 +160,6 @@ class ProbeApp(AppCode):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def ready_workers(status: Status) -> list[Status]:
-    return [w for w in status["workers"] if w["state"] == "ready"]
-
-
-def settled_with(count: int) -> Callable[[Status], bool]:
-    return lambda st: (st["state"] == "idle" and len(st["workers"]) == count
-                       and len(ready_workers(st)) == count)
-
-
-def roll_done(before: int) -> Callable[[Status], bool]:
-    def check(st: Status) -> bool:
-        last = st.get("last_rollout") or {}
-        return (st["state"] != "rolling" and isinstance(last.get("reload"), int)
-                and last["reload"] > before and last.get("result") != "superseded")
-
-    return check
 
 
 def probed_pids(master: Master) -> set[int]:

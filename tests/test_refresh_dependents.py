@@ -25,8 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import AppCode, Master, wait_for
-from test_refresh_process import VenvMaster, answers, ready_workers, refresh_lines, roll
+from harness import (
+    AppCode,
+    Master,
+    VenvMaster,
+    answers,
+    ready_workers,
+    refresh_lines,
+    roll,
+    wait_for,
+)
 from wheels import Venv, build_extension, make_wheel
 
 pytestmark = pytest.mark.process
@@ -96,7 +104,7 @@ def start(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[.
                             gunicorn_script=venv.gunicorn)
         started.append(master)
         master.start()
-        master.wait_status(lambda s: ready_workers(s) == WORKERS, 30, "workers ready")
+        master.wait_status(lambda s: len(ready_workers(s)) == WORKERS, 30, "workers ready")
         return master
 
     yield start_master

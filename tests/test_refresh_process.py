@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import http.client
 import importlib.util
 import json
 import os
@@ -43,7 +42,15 @@ from typing import Any
 
 import gunicorn
 import pytest
-from harness import AppCode, Master, http_get, wait_for
+from harness import (
+    AppCode,
+    Master,
+    VenvMaster,
+    answers,
+    ready_workers,
+    refresh_lines,
+    roll,
+)
 
 import rollover
 
@@ -242,17 +249,6 @@ def env(tmp_path: Path, kit: Kit) -> Env:
     return Env(tmp_path / "env", kit)
 
 
-class VenvMaster(Master):
-    """A harness Master run by the test venv's own gunicorn script."""
-
-    def __init__(self, *args: Any, gunicorn_script: Path, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.gunicorn_script = gunicorn_script
-
-    def argv(self) -> list[str]:
-        return [str(self.gunicorn_script), *super().argv()[1:]]
-
-
 @pytest.fixture
 def start_master(tmp_path: Path, env: Env,
                  request: pytest.FixtureRequest) -> Iterator[Callable[..., VenvMaster]]:
@@ -282,7 +278,7 @@ def start_master(tmp_path: Path, env: Env,
                             gunicorn_script=script or env.gunicorn)
         started.append(master)
         master.start()
-        master.wait_status(lambda s: ready_workers(s) == WORKERS, 30, "workers ready")
+        master.wait_status(lambda s: len(ready_workers(s)) == WORKERS, 30, "workers ready")
         return master
 
     yield start
@@ -295,54 +291,6 @@ def start_master(tmp_path: Path, env: Env,
 
 
 # --------------------------------------------------------------------------- observing
-
-
-def ready_workers(status: dict[str, Any]) -> int:
-    return sum(1 for w in status["workers"] if w["state"] == "ready")
-
-
-def roll(master: Master, timeout: float = 60) -> dict[str, Any]:
-    """HUP, then wait until that reload's roll finished; it must have succeeded."""
-    before = master.status()
-    assert before is not None
-    reloads = before["reloads"]
-    master.hup()
-
-    def done(s: dict[str, Any]) -> bool:
-        last = s["last_rollout"]
-        return (s["reloads"] > reloads and s["rollout"] is None and last is not None
-                and last["reload"] > reloads
-                and all(w["state"] == "ready" for w in s["workers"])
-                and ready_workers(s) == WORKERS)
-
-    status = master.wait_status(done, timeout, "the roll to finish")
-    assert status["last_rollout"]["result"] == "succeeded", status
-    return status
-
-
-def answers(master: Master, status: dict[str, Any] | None = None) -> dict[int, dict[str, Any]]:
-    """One answer from every READY worker (fresh connections until each answered)."""
-    status = status or master.status()
-    assert status is not None
-    wanted = {w["pid"] for w in status["workers"] if w["state"] == "ready"}
-    seen: dict[int, dict[str, Any]] = {}
-
-    def check() -> bool:
-        with contextlib.suppress(OSError, http.client.HTTPException, ValueError):
-            code, body = http_get(master.port, timeout=5.0)
-            if code == 200:
-                data = json.loads(body)
-                seen[int(data["pid"])] = data
-        return wanted <= set(seen)
-
-    wait_for(check, 30, what=f"answers from workers {sorted(wanted)}", interval=0.01,
-             on_timeout=lambda: f" (got {sorted(seen)}){master.tail()}")
-    return {pid: seen[pid] for pid in wanted}
-
-
-def refresh_lines(master: Master) -> list[str]:
-    return [ln.split("import refresh: ", 1)[1] for ln in master.log_text().splitlines()
-            if "import refresh: " in ln]
 
 
 def served(master: Master, status: dict[str, Any] | None = None,

@@ -19,92 +19,23 @@ from harness import (
     AppCode,
     Load,
     Master,
-    Status,
+    assert_settled_on,
     check_roll,
     figures,
+    live_pids,
     ready_workers,
     roll_done,
+    roll_under_load,
     run_cli,
     settled_with,
     start_settled,
     wait_for,
+    wait_only,
 )
 
 pytestmark = pytest.mark.process
 
 CLIENTS = 8
-
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-
-
-
-
-
-
-def live_pids(st: Status) -> list[int]:
-    """The status's workers that are not draining (a retired one may still be)."""
-    return [w["pid"] for w in st["workers"] if w["state"] != "draining"]
-
-
-
-
-def wait_only(master: Master, pids: list[int], timeout: float = 30.0) -> float:
-    """Wait until the master's children are exactly `pids` (the rest drained and exited)."""
-    want = sorted(pids)
-
-    def check() -> float | None:
-        if not master.alive():
-            raise AssertionError(f"master exited (code {master.returncode}){master.tail()}")
-        return time.monotonic() if master.worker_pids() == want else None
-
-    return wait_for(
-        check,
-        timeout,
-        what=f"the master's children to be {want}",
-        interval=0.02,
-        on_timeout=lambda: f" (they are {master.worker_pids()}){master.tail()}",
-    )
-
-
-def assert_settled_on(master: Master, status: Status, workers: int) -> None:
-    """`workers` READY workers, all on the status' current generation and really running."""
-    gen = status["generation"]
-    assert status["state"] == "idle", status
-    assert len(status["workers"]) == workers, status
-    assert [w["generation"] for w in status["workers"]] == [gen] * workers, status
-    assert [w["state"] for w in status["workers"]] == ["ready"] * workers, status
-    assert sorted(w["pid"] for w in status["workers"]) == master.worker_pids(), (
-        f"status workers {status['workers']} vs children {master.worker_pids()}{master.tail()}"
-    )
-
-
-def roll_under_load(
-    master: Master,
-    app: AppCode,
-    load: Load,
-    *,
-    version: str,
-    boot: float,
-    workers: int,
-) -> tuple[float, float, Status]:
-    """Write `version`, HUP, wait for the roll to end and the old workers to be gone.
-
-    Returns (hup_at, done_at, final status); waits for some answers after done_at.
-    """
-    before = master.status()
-    assert before is not None, master.tail()
-    app.write(version, boot_delay=boot)
-    hup_at = master.hup()
-    final = master.wait_status(
-        roll_done(before["reloads"]), 20 + 4 * workers * boot, f"the roll to {version} to end"
-    )
-    done_at = wait_only(master, live_pids(final))
-    load.wait_requests(2 * load.clients, after=done_at)
-    return hup_at, done_at, final
 
 
 # --------------------------------------------------------------------------- a. gthread

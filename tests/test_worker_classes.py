@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from harness import (
@@ -33,80 +32,20 @@ from harness import (
     figures,
     free_port,
     group_members,
+    pid_alive,
+    ready_workers,
+    roll_under_load,
+    start_settled,
     wait_for,
 )
 
 from rollover.drain import drain_deadline
-
-Status = dict[str, Any]
 
 GRACEFUL = 3
 
 # The stock classes, as a user's config names them: rollover adds the drain at start.
 STOCK_UVICORN = "uvicorn_worker.UvicornWorker"
 STOCK_ASGI = "asgi"
-
-# --------------------------------------------------------------------------- helpers
-
-
-def ready_workers(status: Status, generation: int | None = None) -> list[Status]:
-    return [w for w in status["workers"]
-            if w["state"] == "ready" and (generation is None or w["generation"] == generation)]
-
-
-def settled_with(count: int) -> Callable[[Status], bool]:
-    return lambda st: (st["state"] == "idle" and len(st["workers"]) == count
-                       and len(ready_workers(st)) == count)
-
-
-def roll_done(before: int) -> Callable[[Status], bool]:
-    """The roll covering a HUP sent when the status said `reloads == before` has ended."""
-
-    def check(st: Status) -> bool:
-        last = st.get("last_rollout") or {}
-        return (st["state"] != "rolling" and isinstance(last.get("reload"), int)
-                and last["reload"] > before and last.get("result") != "superseded")
-
-    return check
-
-
-def start_settled(masters: Callable[..., Master], app: AppCode, workers: int,
-                  **kwargs: Any) -> Master:
-    master = masters(app, workers=workers, **kwargs)
-    master.wait_serving()
-    master.wait_status(settled_with(workers), 30, f"{workers} ready workers")
-    return master
-
-
-def wait_only(master: Master, pids: list[int], timeout: float = 30.0) -> float:
-    """Wait until the master's children are exactly `pids`; return when (monotonic)."""
-    want = sorted(pids)
-
-    def check() -> float | None:
-        if not master.alive():
-            raise AssertionError(f"master exited (code {master.returncode}){master.tail()}")
-        return time.monotonic() if master.worker_pids() == want else None
-
-    return wait_for(check, timeout, what=f"the master's children to be {want}", interval=0.02,
-                    on_timeout=lambda: f" (they are {master.worker_pids()}){master.tail()}")
-
-
-def roll(master: Master, app: AppCode, load: Load | None, version: str, boot: float,
-         workers: int) -> tuple[float, float, Status]:
-    """Write `version`, HUP, wait until the roll ended and the old workers are gone."""
-    before = master.status()
-    assert before is not None, master.tail()
-    app.write(version, boot_delay=boot)
-    hup_at = master.hup()
-    final = master.wait_status(roll_done(before["reloads"]), 20 + 4 * workers * boot,
-                               f"the roll to {version} to end")
-    # the last retired worker may still be draining when the roll is recorded as done
-    done_at = wait_only(master, [w["pid"] for w in final["workers"] if w["state"] != "draining"])
-    if load is not None:
-        load.wait_requests(2 * load.clients, after=done_at)
-    return hup_at, done_at, final
-
-
 
 # --------------------------------------------------------------------------- long connections
 
@@ -313,8 +252,8 @@ def test_stream_and_websocket_during_roll(
     boot, workers = 1.0, 3
     app = StreamApp(tmp_path / "app")
     app.write("v1", boot_delay=boot)
-    master = start_settled(masters, app, workers, worker_class=worker_class,
-                           extra_args=["--graceful-timeout", str(GRACEFUL)])
+    master, _ = start_settled(masters, app, workers, worker_class=worker_class,
+                              extra_args=["--graceful-timeout", str(GRACEFUL)])
     sse = SSEClient(master.port).start()
     ws = WSClient(master.port).start()
     old = master.worker_pids()
@@ -322,7 +261,8 @@ def test_stream_and_websocket_during_roll(
 
     with DrainWatch(master) as watch, Load(master.port, clients=4, keepalive=True) as load:
         load.run_for(0.5, min_requests=4)
-        hup_at, done_at, final = roll(master, app, load, "v2", boot, workers)
+        hup_at, done_at, final = roll_under_load(master, app, load, version="v2", boot=boot,
+                                                  workers=workers)
     took = done_at - hup_at
     # N x boot (a boot takes up to a second longer on a loaded 2-core machine), plus one
     # drain up to the stream's end (graceful - 1 s), plus slack; uvicorn --workers blocks
@@ -406,24 +346,15 @@ def test_uvicorn_standalone_sighup_blocks_on_a_stream(tmp_path: Path) -> None:
         time.sleep(0.5)
         print(f"\n[uvicorn --workers 2] {time.monotonic() - hup_at:.1f}s after SIGHUP the "
               f"stream on {sse.pid} is still open ({sse.events} events, ended: "
-              f"{sse.ended_at is not None}); worker alive: {_pid_alive(sse.pid)}")
+              f"{sse.ended_at is not None}); worker alive: "
+              f"{sse.pid is not None and pid_alive(sse.pid)}")
         assert sse.ended_at is None, f"the stream ended: {sse.error}{tail()}"
         assert sse.events > events_then, f"the stream stopped flowing{tail()}"
-        assert sse.last_pid == sse.pid and _pid_alive(sse.pid), tail()
+        assert sse.last_pid == sse.pid and (sse.pid is not None and pid_alive(sse.pid)), tail()
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.process
@@ -433,8 +364,8 @@ def test_sigterm_to_master_mid_roll_with_a_stream_open(
     boot, workers = 1.0, 3
     app = StreamApp(tmp_path / "app")
     app.write("v1", boot_delay=boot)
-    master = start_settled(masters, app, workers, worker_class=STOCK_UVICORN,
-                           extra_args=["--graceful-timeout", str(GRACEFUL)])
+    master, _ = start_settled(masters, app, workers, worker_class=STOCK_UVICORN,
+                              extra_args=["--graceful-timeout", str(GRACEFUL)])
     sse = SSEClient(master.port).start()
     app.write("v2", boot_delay=boot)
     master.hup()
@@ -451,5 +382,5 @@ def test_sigterm_to_master_mid_roll_with_a_stream_open(
           f"processes left: {left}")
     assert took < GRACEFUL + 3, f"stopping took {took:.2f}s{master.tail()}"
     assert left == [], f"processes left behind: {left}{master.tail()}"
-    assert not any(_pid_alive(p) for p in seen), seen
+    assert not any(pid_alive(p) for p in seen), seen
     assert sse.ended_at is not None, "the stream is still open"
