@@ -49,6 +49,7 @@ from harness import (
     wait_for,
     wait_only,
 )
+from matrix import EVENTLET_GUNICORN
 
 from rollover.status import parse_iso
 
@@ -270,6 +271,34 @@ class VersionCases:
         problems = check_roll(load, hup_at=hup_at, done_at=done_at, boot=boot, version="v2")
         assert problems == [], f"{problems}\n{load.describe()}{master.tail()}"
         assert final["last_rollout"]["result"] == "succeeded", final
+        assert_settled_on(master, final, workers)
+
+
+    # ------------------------------------------------------------------------ f. eventlet
+
+    def test_eventlet_roll(
+        self, make_app: Callable[..., AppCode], start: Callable[..., Master]
+    ) -> None:
+        """gunicorn's eventlet module monkey-patches the master when `-k eventlet` is
+        resolved: the master's loop must still wake and read its pipes (it crashed with
+        "Unhandled exception in main loop" at the first HUP before)."""
+        if self.VERSION != EVENTLET_GUNICORN:
+            pytest.skip(f"eventlet is installed in the gunicorn {EVENTLET_GUNICORN} venv only")
+        boot, workers = 1.0, 3
+        app = make_app("wsgi")
+        app.write("v1", boot_delay=boot)
+        master, _ = start_settled(start, app, workers, worker_class="eventlet")
+        with Load(master.port, clients=CLIENTS, keepalive=True) as load:
+            load.run_for(1.0, min_requests=CLIENTS)
+            hup_at, done_at, final = roll_under_load(
+                master, app, load, version="v2", boot=boot, workers=workers
+            )
+        print("\n" + figures(load, hup_at=hup_at, done_at=done_at,
+                              label=f"gunicorn {self.VERSION} eventlet keep-alive"))
+        problems = check_roll(load, hup_at=hup_at, done_at=done_at, boot=boot, version="v2")
+        assert problems == [], f"{problems}\n{load.describe()}{master.tail()}"
+        assert final["last_rollout"]["result"] == "succeeded", final
+        assert "Unhandled exception in main loop" not in master.log_text(), master.tail()
         assert_settled_on(master, final, workers)
 
 
