@@ -34,6 +34,7 @@ ensure_nginx
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[asgi,test,bench]'
 
 "$VENV/bin/ruff" check .
+"$VENV/bin/mypy"   # [tool.mypy] in pyproject.toml: the rollover package
 wait "$matrix_pid" || echo "scripts/test.sh: tests/matrix.py failed (.cache/matrix-prebuild.log)" >&2
 
 rc=0
