@@ -40,6 +40,9 @@ from rollover import (
     status,
 )
 
+# The gunicorn hooks `rollover.hooks` defines: each reports to `hook_ran` when it runs.
+HOOK_NAMES = ("on_starting", "when_ready")
+
 # HaltServer reasons, as gunicorn words them (tools grep for them)
 _HALT_REASONS = {Arbiter.WORKER_BOOT_ERROR: "Worker failed to boot.",
                  Arbiter.APP_LOAD_ERROR: "App failed to load."}
@@ -192,9 +195,7 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
     def _check_hooks(self) -> None:
         """Once, after `when_ready`: name rollover hooks a user hook replaced unchained."""
         self._hooks_checked = True
-        from rollover.hooks import HOOKS
-
-        for name in HOOKS:
+        for name in HOOK_NAMES:
             if name not in self._hooks_ran:
                 self.log.warning(
                     "rollover: your config's %s replaces rollover's without calling it; "

@@ -26,7 +26,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from rollover.arbiter import activate, check_gunicorn_version
+from rollover.arbiter import HOOK_NAMES, activate, check_gunicorn_version
 
 __all__ = ["on_starting", "when_ready"]
 
@@ -48,6 +48,7 @@ def when_ready(server: Any) -> None:
 
 
 HOOKS: dict[str, Callable[..., None]] = {"on_starting": on_starting, "when_ready": when_ready}
+assert tuple(HOOKS) == HOOK_NAMES  # the arbiter names the hooks it expects to run
 
 
 def _activate(server: Any, hook: str) -> None:
