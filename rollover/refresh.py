@@ -354,7 +354,9 @@ def _next_registry(
             if path is not None:
                 modules[path] = CHANGED  # stale until a re-exec: reported every time
             continue
-        fp = now.get(path) if path is not None and top not in plan.purge else None
+        # a purged module's file as found now: what its re-import reads (a file written
+        # just before this pass would otherwise count as changed again at the next one)
+        fp = now.get(path) if path is not None else None
         if path is not None and fp is not None:
             modules[path] = fp
     modules.update(finder_fps())
