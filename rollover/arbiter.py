@@ -15,7 +15,6 @@ between gunicorn versions lives in `rollover.gunicorn_compat`.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import signal
 import sys
@@ -30,6 +29,8 @@ from gunicorn.pidfile import Pidfile
 
 import rollover
 from rollover import (
+    config_reload,
+    exits,
     gunicorn_compat,
     imports_graph,
     pinning,
@@ -42,10 +43,6 @@ from rollover import (
 
 # The gunicorn hooks `rollover.hooks` defines: each reports to `hook_ran` when it runs.
 HOOK_NAMES = ("on_starting", "when_ready")
-
-# HaltServer reasons, as gunicorn words them (tools grep for them)
-_HALT_REASONS = {Arbiter.WORKER_BOOT_ERROR: "Worker failed to boot.",
-                 Arbiter.APP_LOAD_ERROR: "App failed to load."}
 
 
 class RollingArbiter(gunicorn_compat.Loop, Arbiter):
@@ -97,7 +94,7 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
         self._start_links = pinning.release_links([self.cfg.chdir, sys.prefix])
         self._release_pins = {self.machine.generation: self._start_links}
         self._spawn_pins: dict[str, str] | None = None
-        _address_start_through_links(self, self._start_links)
+        pinning.address_start_through_links(self, self._start_links)
         self.log.info("rollover %s active: %s", rollover.__version__, self.settings.summary)
         if self.settings.status_path is None:
             self.log.warning("rollover: no pidfile and no rollover_status_path: no status "
@@ -265,7 +262,7 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
             case rollout.Log(level, message):
                 getattr(self.log, level)("rollover: %s", message)
             case rollout.Halt(reason, exit_code):
-                raise HaltServer(_halt_reason(exit_code, reason), exit_code)
+                raise HaltServer(exits.halt_reason(exit_code, reason), exit_code)
 
     def stop(self, graceful: bool = True) -> None:
         # from here on workers exit because the master stops: no HaltServer from reaping
@@ -302,49 +299,26 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
                     continue
                 self._read_channel()  # its failure cause was written before it exited
                 planned = self._planned.pop(wpid, None)
-                self._log_exit(wpid, wstatus, planned)
-                description, exit_code = _describe_exit(wstatus)
+                exits.log_exit(self.log, wpid, wstatus, planned)
+                description, exit_code = exits.describe(wstatus)
                 worker.tmp.close()
                 try:
                     self.cfg.child_exit(self, worker)
                 except Exception:
                     self.log.exception("child_exit hook failed")
                 halt = None
-                if (exit_code in _HALT_REASONS and not self.machine.ever_ready
+                if (exit_code in exits.HALT_REASONS and not self.machine.ever_ready
                         and not self._stopping):
                     assert exit_code is not None
                     known = self.machine.workers.get(wpid)
                     cause = known.cause if known is not None else None
-                    halt = HaltServer(_halt_reason(exit_code, cause), exit_code)
+                    halt = HaltServer(exits.halt_reason(exit_code, cause), exit_code)
                 self.machine.exited(time.monotonic(), wpid, description, exit_code,
                                     planned=planned is not None)
                 if halt is not None:
                     raise halt
         except ChildProcessError:
             pass
-
-    def _log_exit(self, wpid: int, wstatus: int, planned: str | None) -> None:
-        """gunicorn's lines for a worker's exit; at INFO when rollover asked for it."""
-        if os.WIFSIGNALED(wstatus):
-            sig = os.WTERMSIG(wstatus)
-            try:
-                name = signal.Signals(sig).name
-            except ValueError:
-                name = f"signal {sig}"
-            if planned is not None and sig in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT,
-                                               signal.SIGKILL):
-                self.log.info("Worker (pid:%s) was sent %s! (%s)", wpid, name, planned)
-            elif sig == signal.SIGKILL:
-                self.log.error("Worker (pid:%s) was sent %s! Perhaps out of memory?",
-                               wpid, name)
-            elif sig == signal.SIGTERM:
-                getattr(self.log, gunicorn_compat.SIGTERM_LEVEL)(
-                    "Worker (pid:%s) was sent %s!", wpid, name)
-            else:
-                self.log.warning("Worker (pid:%s) was sent %s!", wpid, name)
-        elif os.WIFEXITED(wstatus) and os.WEXITSTATUS(wstatus) != 0:
-            self.log.error("Worker (pid:%s) exited with code %s.", wpid,
-                           os.WEXITSTATUS(wstatus))
 
     # -- HUP -------------------------------------------------------------------------------
 
@@ -426,7 +400,7 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
             error = self._refresh()
             if error is not None:
                 return error
-        error = self._load_config()
+        error = config_reload.load_config(self.app)
         if error is not None:
             return error
         try:
@@ -434,7 +408,7 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
         except settings.SettingsError as exc:
             return f"config reload failed: {exc}"
         if self.app.cfg.preload_app:
-            error = self._preload()
+            error = config_reload.preload(self.app, self.log)
         return error
 
     def _refresh(self) -> str | None:
@@ -452,50 +426,6 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
         self.log.info("rollover: import refresh: %s", report.summary())
         for item in report.needs_reexec:
             self.log.warning("rollover: %s: needs a re-exec (kill -USR2) to take effect", item)
-        return None
-
-    def _load_config(self) -> str | None:
-        captured = io.StringIO()
-        real_stderr = sys.stderr
-        try:
-            # gunicorn reports a bad config on stderr, then sys.exit(1): capture it
-            sys.stderr = captured
-            try:
-                self.app.reload()
-            finally:
-                sys.stderr = real_stderr
-        except (Exception, SystemExit) as exc:
-            text = captured.getvalue()
-            real_stderr.write(text)
-            lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-            invalid = [ln for ln in lines if ln.startswith("Invalid value for")]
-            if isinstance(exc, SystemExit):
-                cause = lines[-1] if lines else f"config reload exited with {exc.code}"
-                if invalid and invalid[0] != cause:
-                    # gunicorn names the setting on the line before its error
-                    cause = f"{invalid[0]} ({cause.removeprefix('Error: ')})"
-            else:
-                cause = readiness.describe_exception(exc)
-            return f"config reload failed: {cause}"
-        real_stderr.write(captured.getvalue())
-        return None
-
-    def _preload(self) -> str | None:
-        """preload_app: import the app anew in the master, so new workers fork with it."""
-        uri = getattr(self.app, "app_uri", None) or ""
-        top = uri.split(":", 1)[0].split(".", 1)[0]
-        if top:
-            # the app module itself may be unchanged while what it imports changed
-            for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
-                del sys.modules[name]
-        self.app.callable = None
-        try:
-            self.app.wsgi()
-        except BaseException as exc:
-            if not isinstance(exc, Exception | SystemExit):
-                raise
-            self.log.exception("rollover: preloading the new app failed")
-            return f"preloading the app failed: {readiness.describe_exception(exc)}"
         return None
 
     def _commit(self, before: _Snapshot) -> None:
@@ -626,7 +556,7 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
                        "version": ".".join(map(str, sys.version_info[:3])),
                        "prefix": sys.prefix},
             "start": {"cwd": self.START_CTX.get("cwd"),
-                      "chdir_default": _chdir_default()},
+                      "chdir_default": pinning.chdir_default()},
             "settings": {"ready_timeout": self.settings.ready_timeout,
                          "max_surge": self.settings.max_surge,
                          "graceful_timeout": self.settings.graceful_timeout,
@@ -674,50 +604,10 @@ class _Snapshot(NamedTuple):
     app_callable: Any
 
 
-def _address_start_through_links(arbiter: Arbiter, links: dict[str, str]) -> None:
-    """What gunicorn captured at start as a resolved release dir (the directory a USR2
-    re-exec starts in, the `chdir` default every HUP validates), through the symlink."""
-    if not links:
-        return
-    cwd = arbiter.START_CTX.get("cwd")
-    if isinstance(cwd, str):
-        arbiter.START_CTX["cwd"] = pinning.unresolve(cwd, links)
-    from gunicorn import config
-
-    chdir = getattr(config, "Chdir", None)
-    default = getattr(chdir, "default", None)
-    if chdir is not None and isinstance(default, str):
-        chdir.default = pinning.unresolve(default, links)
-
-
-def _chdir_default() -> str | None:
-    from gunicorn import config
-
-    default = getattr(getattr(config, "Chdir", None), "default", None)
-    return default if isinstance(default, str) else None
-
-
 def _worker_modules(worker_class: type) -> set[str]:
     """Top-level packages the worker class comes from: never purged on refresh."""
     return {c.__module__.split(".", 1)[0] for c in worker_class.__mro__
             if c.__module__ != "builtins"}
-
-
-def _halt_reason(exit_code: int, cause: str | None) -> str:
-    """gunicorn's HaltServer reason (`Worker failed to boot.`), then rollover's cause."""
-    reason = _HALT_REASONS.get(exit_code, _HALT_REASONS[Arbiter.WORKER_BOOT_ERROR])
-    return f"{reason} Cause: {cause}" if cause else reason
-
-
-def _describe_exit(wstatus: int) -> tuple[str, int | None]:
-    code = os.waitstatus_to_exitcode(wstatus)
-    if code >= 0:
-        return f"exited with code {code}", code
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:
-        name = f"signal {-code}"
-    return f"was killed by {name}", None
 
 
 def _resolve_or_exit(server: Arbiter) -> settings.Settings:

@@ -20,6 +20,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 
 def release_links(paths: Iterable[str | None]) -> dict[str, str]:
@@ -91,3 +92,26 @@ def pin(links: Mapping[str, str]) -> int:
         if cwd:
             os.environ["PWD"] = _rewrite(cwd, links)
     return count
+
+
+def address_start_through_links(arbiter: Any, links: dict[str, str]) -> None:
+    """What gunicorn captured at start as a resolved release dir (the directory a USR2
+    re-exec starts in, the `chdir` default every HUP validates), through the symlink."""
+    if not links:
+        return
+    cwd = arbiter.START_CTX.get("cwd")
+    if isinstance(cwd, str):
+        arbiter.START_CTX["cwd"] = unresolve(cwd, links)
+    from gunicorn import config
+
+    chdir = getattr(config, "Chdir", None)
+    default = getattr(chdir, "default", None)
+    if chdir is not None and isinstance(default, str):
+        chdir.default = unresolve(default, links)
+
+
+def chdir_default() -> str | None:
+    from gunicorn import config
+
+    default = getattr(getattr(config, "Chdir", None), "default", None)
+    return default if isinstance(default, str) else None
