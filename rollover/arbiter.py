@@ -34,12 +34,12 @@ from rollover import (
     gunicorn_compat,
     imports_graph,
     pinning,
-    readiness,
     refresh,
     rollout,
     settings,
     status,
 )
+from rollover.worker import readiness
 
 # The gunicorn hooks `rollover.hooks` defines: each reports to `hook_ran` when it runs.
 HOOK_NAMES = ("on_starting", "when_ready")
@@ -159,7 +159,7 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
     def _extend_worker_class(self, announce: bool) -> None:
         """Fork workers of the configured class extended with readiness (and drain);
         `announce`: log what was added (at start, and when a HUP changed the class)."""
-        from rollover.extend import extend_worker_class
+        from rollover.worker.extend import extend_worker_class
 
         extension = extend_worker_class(self.cfg.worker_class, drain=self.settings.drain,
                                         name=self.cfg.worker_class_str)

@@ -2,7 +2,7 @@
 preflight that `rollover deploy` runs in a new release.
 
 Standard library only, and no rollover import: a worker imports this module
-(`rollover.readiness`), and `rollover deploy` runs this very file by path in the new
+(`rollover.worker.readiness`), and `rollover deploy` runs this very file by path in the new
 release's interpreter (whose installed rollover may be another version)::
 
     <release>/venv/bin/python .../rollover/probe.py '{"app": ..., "probe": ..., "out": ...}'

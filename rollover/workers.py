@@ -2,17 +2,17 @@
 
 Nothing needs them: whatever ``-k`` the config names (``uvicorn_worker.UvicornWorker``,
 ``uvicorn.workers.UvicornWorker``, ``asgi``, ``gthread``, ...), the master extends it at start
-(`rollover.extend`). These names stay valid, and drain even under a gunicorn without
+(`rollover.worker.extend`). These names stay valid, and drain even under a gunicorn without
 rollover's arbiter:
 
 - ``rollover.workers.UvicornWorker``: ``uvicorn_worker.UvicornWorker`` with
-  `rollover.drain_uvicorn.UvicornDrain`;
+  `rollover.worker.drain_uvicorn.UvicornDrain`;
 - ``rollover.workers.UvicornH11Worker``: ``uvicorn_worker.UvicornH11Worker`` with it;
 - ``rollover.workers.ASGIWorker``: gunicorn's ``asgi`` worker (gunicorn 24.1+) with
-  `rollover.drain_asgi.ASGIDrain`.
+  `rollover.worker.drain_asgi.ASGIDrain`.
 
 Each is made on first access, so importing this module imports neither uvicorn nor
-gunicorn's asgi worker. How a worker drains: `rollover.drain`.
+gunicorn's asgi worker. How a worker drains: `rollover.worker.drain`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def __getattr__(name: str) -> Any:
         stock = getattr(importlib.import_module(module_name), class_name)
     except ImportError as exc:
         raise ImportError(f"rollover.workers.{name} needs {module_name} ({needs})") from exc
-    from rollover.extend import drained
+    from rollover.worker.extend import drained
 
     worker_class = drained(stock)
     globals()[name] = worker_class

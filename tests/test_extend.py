@@ -1,4 +1,4 @@
-"""`rollover.extend`: the configured worker class's family, found by its base classes, and
+"""`rollover.worker.extend`: the configured worker class's family, found by its base classes, and
 what the master forks for it (in-process, no gunicorn master)."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import warnings
 
 import pytest
 
-from rollover import extend
-from rollover.drain import SUMMARY
-from rollover.extend import extend_worker_class, family_of
+from rollover.worker import extend
+from rollover.worker.drain import SUMMARY
+from rollover.worker.extend import extend_worker_class, family_of
 
 
 def load(dotted: str) -> type:
@@ -155,10 +155,10 @@ def test_finding_a_family_imports_nothing() -> None:
     code = (
         "import sys\n"
         "from gunicorn.workers.gthread import ThreadWorker\n"
-        "from rollover.extend import extend_worker_class\n"
+        "from rollover.worker.extend import extend_worker_class\n"
         "ext = extend_worker_class(ThreadWorker)\n"
         "loaded = [m for m in ('uvicorn', 'uvicorn_worker', 'gunicorn.workers.gasgi',\n"
-        "                      'rollover.drain_uvicorn', 'rollover.drain_asgi')\n"
+        "                      'rollover.worker.drain_uvicorn', 'rollover.worker.drain_asgi')\n"
         "          if m in sys.modules]\n"
         "assert not loaded, loaded\n"
         "print(ext.line)\n"
@@ -166,13 +166,14 @@ def test_finding_a_family_imports_nothing() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert "drain: gunicorn's own" in out.stdout
-    for module in ("rollover.drain", "rollover.drain_uvicorn", "rollover.drain_asgi",
-                   "rollover.extend", "rollover.workers", "rollover.readiness"):
+    for module in ("rollover.worker.drain", "rollover.worker.drain_uvicorn",
+                   "rollover.worker.drain_asgi", "rollover.worker.extend", "rollover.workers",
+                   "rollover.worker.readiness"):
         run = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
                              text=True, check=False)
         assert run.returncode == 0, f"import {module}: {run.stderr}"
     drain_only = subprocess.run(
-        [sys.executable, "-c", "import sys, rollover.drain; "
+        [sys.executable, "-c", "import sys, rollover.worker.drain; "
          "assert 'uvicorn' not in sys.modules and 'gunicorn' not in sys.modules"],
         capture_output=True, text=True, check=False)
     assert drain_only.returncode == 0, drain_only.stderr

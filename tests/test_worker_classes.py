@@ -39,7 +39,7 @@ from harness import (
     wait_for,
 )
 
-from rollover.drain import drain_deadline
+from rollover.worker.drain import drain_deadline
 
 GRACEFUL = 3
 

@@ -1,4 +1,4 @@
-"""The drain for uvicorn's gunicorn worker classes (see `rollover.drain`).
+"""The drain for uvicorn's gunicorn worker classes (see `rollover.worker.drain`).
 
 `UvicornDrain` goes in front of a uvicorn worker class: `uvicorn_worker.UvicornWorker`,
 `uvicorn.workers.UvicornWorker` (deprecated, same code), their H11 variants and users'
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from gunicorn.arbiter import Arbiter
 from uvicorn.server import Server
 
-from rollover.drain import (
+from rollover.worker.drain import (
     CANCEL_GRACE,
     DrainState,
     drain_deadline,
@@ -96,7 +96,7 @@ class DrainingServer(Server):
             connection.shutdown()
 
     def _end_streams(self) -> None:
-        """At the drain deadline: end what is still open (see `rollover.drain`)."""
+        """At the drain deadline: end what is still open (see `rollover.worker.drain`)."""
         ended = cut = 0
         connection: Any
         for connection in list(self.server_state.connections):

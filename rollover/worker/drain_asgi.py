@@ -1,4 +1,4 @@
-"""The drain for gunicorn's own `asgi` worker class (gunicorn 24.1+; see `rollover.drain`).
+"""The drain for gunicorn's own `asgi` worker class (gunicorn 24.1+; see `rollover.worker.drain`).
 
 gunicorn's asgi worker, on SIGTERM, marks itself not alive at once, so a connection closes
 right after the response in progress even when that response did not say ``Connection:
@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from rollover.drain import (
+from rollover.worker.drain import (
     CANCEL_GRACE,
     DrainState,
     StreamTracker,

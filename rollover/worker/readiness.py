@@ -214,7 +214,7 @@ def with_readiness(worker_class: type, interface: Interface | None) -> type:
     """A subclass of a gunicorn worker class that reports READY / failure to the master,
     and runs the readiness probe (see the module docstring) when one is configured.
 
-    `interface` says how the class serves its app (see `Interface`); `rollover.extend`
+    `interface` says how the class serves its app (see `Interface`); `rollover.worker.extend`
     knows it from the class's family.
     """
     if getattr(worker_class, "_rollover_reports", False):

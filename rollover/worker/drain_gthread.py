@@ -20,7 +20,7 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
-from rollover.drain import drain_deadline, graceful_timeout
+from rollover.worker.drain import drain_deadline, graceful_timeout
 
 if TYPE_CHECKING:
     from gunicorn.workers.gthread import ThreadWorker as _Base

@@ -3,14 +3,13 @@
 Whatever ``-k`` the config names, `extend_worker_class` finds the class's family by its
 base classes and composes:
 
-- readiness (`rollover.readiness.with_readiness`): READY on the first heartbeat, failures
-  reported, the readiness probe run through the family's interface (WSGI, gunicorn's
-  asgi, uvicorn);
-- the drain, for the ASGI families: `rollover.drain_uvicorn.UvicornDrain` or
-  `rollover.drain_asgi.ASGIDrain` put in front of the class (see `rollover.drain`), and
-  for gthread before gunicorn 27.0.1, `rollover.drain_gthread.GthreadDrain`. The other WSGI
-  families (`sync`, `gevent`, `eventlet`, gthread from gunicorn 27.0.1) keep gunicorn's own
-  drain, which fails no request when workers are retired one at a time.
+- readiness (`readiness.with_readiness`): READY on the first heartbeat, failures reported,
+  the readiness probe run through the family's interface (WSGI, gunicorn's asgi, uvicorn);
+- the drain, for the ASGI families: `drain_uvicorn.UvicornDrain` or `drain_asgi.ASGIDrain`
+  put in front of the class (see `drain`), and for gthread before gunicorn 27.0.1,
+  `drain_gthread.GthreadDrain`. The other WSGI families (`sync`, `gevent`, `eventlet`,
+  gthread from gunicorn 27.0.1) keep gunicorn's own drain, which fails no request when
+  workers are retired one at a time.
 
 A family is known by `issubclass` against its stock classes, looked up only in modules
 already imported (a class cannot derive from a module that was never imported): nothing is
@@ -28,9 +27,9 @@ import importlib
 import sys
 from dataclasses import dataclass
 
-from rollover import readiness
-from rollover.drain import SUMMARY
-from rollover.readiness import Interface
+from rollover.worker import readiness
+from rollover.worker.drain import SUMMARY
+from rollover.worker.readiness import Interface
 
 __all__ = ["FAMILIES", "Extension", "Family", "drained", "extend_worker_class", "family_of"]
 
@@ -77,13 +76,13 @@ _ASGI_LOOP = ("_serve", "run", "handle_exit_signal", "_shutdown")
 FAMILIES: tuple[Family, ...] = (
     Family("uvicorn", "uvicorn",
            (("uvicorn_worker", "UvicornWorker"), ("uvicorn.workers", "UvicornWorker")),
-           drain=("rollover.drain_uvicorn", "UvicornDrain"), loop=_UVICORN_LOOP),
+           drain=("rollover.worker.drain_uvicorn", "UvicornDrain"), loop=_UVICORN_LOOP),
     Family("asgi", "asgi", (("gunicorn.workers.gasgi", "ASGIWorker"),),
-           drain=("rollover.drain_asgi", "ASGIDrain"), loop=_ASGI_LOOP),
+           drain=("rollover.worker.drain_asgi", "ASGIDrain"), loop=_ASGI_LOOP),
     Family("gevent", "wsgi", (("gunicorn.workers.ggevent", "GeventWorker"),)),
     Family("eventlet", "wsgi", (("gunicorn.workers.geventlet", "EventletWorker"),)),
     Family("gthread", "wsgi", (("gunicorn.workers.gthread", "ThreadWorker"),),
-           drain=("rollover.drain_gthread", "GthreadDrain"),
+           drain=("rollover.worker.drain_gthread", "GthreadDrain"),
            loop=("run", "handle_exit", "set_accept_enabled"),
            # 27.0.1 keeps kept-alive connections STOP_KEEPALIVE_LINGER while stopping
            drains_itself_if=("gunicorn.workers.gthread", "STOP_KEEPALIVE_LINGER")),

@@ -16,7 +16,7 @@ requests per roll, gunicorn's `asgi` worker 0-4 (under CPU load):
 - both wait for open streaming responses until the master's SIGKILL; gunicorn's leaves
   websockets open until then too (the client sees 1006, no close frame).
 
-A draining worker (`rollover.drain_uvicorn`, `rollover.drain_asgi`):
+A draining worker (`rollover.worker.drain_uvicorn`, `rollover.worker.drain_asgi`):
 
 1. stops accepting, after making transports for every connection already accepted (the
    listening socket stays open in the master and the other workers, so nothing queued on
@@ -82,7 +82,7 @@ def drain_deadline(graceful_timeout: float) -> float:
 def graceful_timeout(cfg: Any) -> float:
     """The master's SIGKILL deadline for a retired worker: `rollover_graceful_timeout`
     (inherited from the master at fork), else gunicorn's `graceful_timeout`."""
-    from rollover import readiness
+    from rollover.worker import readiness
 
     if readiness.settings is not None:
         return float(readiness.settings.graceful_timeout)
