@@ -17,8 +17,10 @@ cannot hold for rollover's arbiter (never to hide a failure that is rollover's t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -122,9 +124,20 @@ def run_suite(
     junit = cwd / "peer-junit.xml"
     argv = [str(venv / "bin" / "python"), "-m", "pytest", "-p", "no:cacheprovider",
             "-q", "-rfE", f"--junitxml={junit}", *args]
-    cp = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
-                        timeout=timeout, stdin=subprocess.DEVNULL, check=False)
-    return read_junit(junit, cp.returncode, cp.stdout + cp.stderr)
+    # In a session of its own: uvicorn-worker's USR2 test leaves the master gunicorn
+    # re-exec'd running after it terminates the old one (so would stock gunicorn); all of
+    # the suite's processes go with the session when it ends.
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.wait(10)
+    return read_junit(junit, proc.returncode, out or "")
 
 
 def _tail(text: str, lines: int = 60) -> str:
