@@ -39,14 +39,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from rollover.gunicorn_compat import raw_read
 from rollover.probe import describe_exception, probe_asgi, probe_wsgi
 
 if TYPE_CHECKING:
     from rollover.settings import Settings
-
-# Non-blocking reads that raise on EAGAIN even in a master eventlet monkey-patched when
-# gunicorn imported its eventlet worker module (see rollover.gunicorn_compat).
-_raw_read = os.read
 
 # Leave room under PIPE_BUF (4096 on Linux) for the JSON framing.
 _MAX_DETAIL = 1500
@@ -96,7 +93,8 @@ class Channel:
         chunks = []
         while True:
             try:
-                chunk = _raw_read(self.read_fd, 65536)
+                # the stdlib's read: EAGAIN raises even in an eventlet-patched master
+                chunk = raw_read(self.read_fd, 65536)
             except BlockingIOError:
                 break
             if not chunk:
