@@ -39,10 +39,14 @@ from rollover import (
     settings,
     status,
 )
+from rollover.outcomes import Outcomes
 from rollover.worker import readiness
 
 # The gunicorn hooks `rollover.hooks` defines: each reports to `hook_ran` when it runs.
 HOOK_NAMES = ("on_starting", "when_ready")
+
+# Seconds between status writes when only the workers' request counts changed.
+COUNTS_EVERY = 1.0
 
 
 class RollingArbiter(gunicorn_compat.Loop, Arbiter):
@@ -76,6 +80,8 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
         self.machine = rollout.Machine(self._policy(), target=self.num_workers)
         self._extend_worker_class(announce=True)
         self._last_status: dict[str, Any] | None = None
+        self._last_counts: dict[str, Any] | None = None
+        self._counts_written = float("-inf")
         self._status_error: str | None = None
         # While a roll is under way: the serving generation, as the master forked it
         # (config, settings, environment, cwd; with preload_app also its code). An aborted
@@ -183,6 +189,14 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
                 self.machine.ready(now, m.pid)
             elif m.event == "failed":
                 self.machine.failed(m.pid, m.detail)
+            elif m.event == "counts":
+                try:
+                    self.machine.counted(m.pid, Outcomes.decode(m.detail))
+                except ValueError as exc:
+                    self.log.warning("rollover: bad counts from worker %s: %s", m.pid, exc)
+            elif m.event in ("recycle", "recycle-overdue"):
+                self.machine.recycle_requested(now, m.pid, m.detail,
+                                               overdue=m.event == "recycle-overdue")
             else:
                 self.log.warning("rollover: unknown readiness event %r from %s", m.event, m.pid)
 
@@ -248,8 +262,12 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
                     self.machine.spawned(now, pid, generation)
                 finally:
                     self._spawn_pins = None
-            case rollout.Retire(pid):
-                self._planned[pid] = "retired by rollover"
+            case rollout.Retire(pid, recycled):
+                if recycled is not None:
+                    self._planned[pid] = f"recycled by rollover: {recycled}"
+                    self._metric("rollover.recycles", 1, "counter")
+                else:
+                    self._planned[pid] = "retired by rollover"
                 self.kill_worker(pid, signal.SIGTERM)
             case rollout.Kill(pid, reason):
                 self.log.warning("rollover: killing worker %s: %s", pid, reason)
@@ -562,14 +580,23 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
                          "graceful_timeout": self.settings.graceful_timeout,
                          "max_draining": self.settings.max_draining,
                          "probe_path": self.settings.probe_path,
+                         "recycle": self.settings.recycle,
+                         "max_requests": self.cfg.max_requests or None,
+                         "max_worker_rss": self.settings.max_worker_rss,
+                         "max_worker_age": self.settings.max_worker_age,
                          "reexec_python": self.settings.reexec_python},
             **self.machine.describe(lambda t: status.iso(t + offset)),
             "serving_code": "preloaded" if self.cfg.preload_app else "disk",
             "refresh": self.refresh_report.as_dict() if self.refresh_report else None,
         }
-        if data == self._last_status:
+        # request counts change with every request: on their own, written once a second
+        counts = self.machine.counts()
+        now = time.monotonic()
+        if data == self._last_status and (counts == self._last_counts
+                                          or now - self._counts_written < COUNTS_EVERY):
             return
-        data_with_time = {**data, "updated": status.iso(time.time())}
+        self._last_counts, self._counts_written = counts, now
+        data_with_time = {**data, "counts": counts, "updated": status.iso(time.time())}
         try:
             status.write_status(path, data_with_time)
         except OSError as exc:

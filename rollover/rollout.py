@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from rollover.outcomes import Outcomes
+
 
 class WorkerState(StrEnum):
     BOOTING = "booting"
@@ -52,9 +54,11 @@ class Spawn:
 
 @dataclass(frozen=True)
 class Retire:
-    """Ask a worker to stop gracefully (SIGTERM)."""
+    """Ask a worker to stop gracefully (SIGTERM). `recycled`: why the worker asked to be
+    replaced (its replacement is READY), None when a roll retires it."""
 
     pid: int
+    recycled: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,9 @@ class Worker:
     since: float
     cause: str | None = None  # why it failed, as the worker itself reported it
     killed: bool = False
+    recycle: str | None = None  # why it asked to be replaced (max_requests, rss, age)
+    overdue: bool = False  # far past that limit: retired even without a replacement
+    outcomes: Outcomes = field(default_factory=Outcomes)  # its requests, as last reported
 
 
 @dataclass
@@ -159,6 +166,7 @@ class Machine:
     last_failure: str | None = None  # why the last respawn (or worker) failed
     ever_ready: bool = False
     halted: bool = False
+    recycles: int = 0  # workers retired because they asked to be replaced
     _out: list[Action] = field(default_factory=list)
 
     # -- views ---------------------------------------------------------------------------
@@ -229,6 +237,27 @@ class Machine:
             self._log("info", f"worker {pid} ready: {new_ready}/{self.target} "
                               f"workers on generation {w.generation}")
 
+    def recycle_requested(self, now: float, pid: int, reason: str,
+                          overdue: bool = False) -> None:
+        """A READY worker reached a limit (max_requests, RSS, age) and asks to be replaced:
+        a replacement is spawned (within the surge) and, once it is READY, this worker is
+        retired. In a roll, a worker of an older generation is replaced by the roll.
+        `overdue`: it is far past its limit (twice); while replacements fail to boot, it is
+        retired without one (gunicorn's max_requests exit)."""
+        w = self.workers.get(pid)
+        if w is None or w.state is not WorkerState.READY:
+            return
+        w.overdue = w.overdue or overdue
+        if w.recycle is None:
+            w.recycle = reason
+            self._log("info", f"worker {pid} asks to be replaced ({reason})")
+
+    def counted(self, pid: int, outcomes: Outcomes) -> None:
+        """A worker's request counts since it started."""
+        w = self.workers.get(pid)
+        if w is not None:
+            w.outcomes = outcomes
+
     def failed(self, pid: int, cause: str) -> None:
         """The worker reported why it cannot boot; its exit follows."""
         w = self.workers.get(pid)
@@ -258,6 +287,10 @@ class Machine:
             cause = f"worker {pid} {description} {now - w.since:.1f}s after READY"
             delay = self._back_off(now, cause)
             self._log("error", f"{cause}; next respawn in {delay:g}s")
+        elif exit_code == 0 and w.recycle is not None:
+            # no replacement became READY in time: it reached the class's own hard limit
+            self._log("warning", f"worker {pid} {description} before a replacement was "
+                                 f"READY (it asked: {w.recycle})")
         elif exit_code == 0:
             # left by itself, e.g. gunicorn's max_requests: a planned exit
             self._log("info", f"worker {pid} {description}")
@@ -272,6 +305,7 @@ class Machine:
         self._enforce_deadlines(now)
         self._maybe_succeed(now)
         self._retire_surplus(now)
+        self._retire_overdue(now)
         self._maybe_succeed(now)  # the last retirement may have completed the roll
         self._spawn(now)
         self._observe()
@@ -319,12 +353,37 @@ class Machine:
             return
         # Workers the roll replaces first, then older generations, then the oldest: the
         # roll retires one old worker for each new one that became READY.
+        # Outside a roll, workers that asked to be replaced go first; in a roll, before the
+        # others of their generation.
         goal = self.rollout.generation if self.rollout is not None else None
-        ready.sort(key=lambda w: (w.generation == goal, w.generation, w.spawned))
+        ready.sort(key=lambda w: (w.generation == goal, goal is None and w.recycle is None,
+                                  w.generation, w.recycle is None, w.spawned))
         for w in ready[:surplus]:
             w.state, w.since = WorkerState.DRAINING, now
-            self._out.append(Retire(w.pid))
-            self._log("info", f"retiring worker {w.pid} (generation {w.generation})")
+            if w.recycle is not None and (goal is None or w.generation == goal):
+                self.recycles += 1
+                self._out.append(Retire(w.pid, w.recycle))
+                self._log("info", f"recycling worker {w.pid} (generation {w.generation}): "
+                                  f"its replacement is READY")
+            else:
+                self._out.append(Retire(w.pid))
+                self._log("info", f"retiring worker {w.pid} (generation {w.generation})")
+
+    def _retire_overdue(self, now: float) -> None:
+        """While replacements fail to boot, a worker far past its limit is retired without
+        one, one at a time: what gunicorn's max_requests does, capacity dip included."""
+        if not self.failures or self.rollout is not None or self._live(WorkerState.DRAINING):
+            return
+        overdue = [w for w in self._live(WorkerState.READY) if w.overdue]
+        if not overdue:
+            return
+        w = min(overdue, key=lambda w: w.spawned)
+        w.state, w.since = WorkerState.DRAINING, now
+        self.recycles += 1
+        self._out.append(Retire(w.pid, f"{w.recycle}; no replacement could boot"))
+        self._log("warning", f"recycling worker {w.pid} without a replacement: it is far past "
+                             f"its limit ({w.recycle}) and respawns fail "
+                             f"({self.last_failure})")
 
     def _spawn(self, now: float) -> None:
         busy = self.ready_count + self.booting_count + self.pending_spawns
@@ -335,7 +394,9 @@ class Machine:
                 if w.generation == roll.generation and w.state is not WorkerState.DRAINING)
             count = min(self.target - new, self.target + self.policy.max_surge - busy)
         else:
-            count = self.target - busy
+            # one replacement for each worker that asked, booting within the surge
+            asking = sum(1 for w in self._live(WorkerState.READY) if w.recycle is not None)
+            count = self.target + min(asking, self.policy.max_surge) - busy
         if count <= 0 or now < self.next_spawn_at or self.halted:
             return
         if self.failures:
@@ -440,6 +501,12 @@ class Machine:
 
     # -- status --------------------------------------------------------------------------
 
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Each worker's request counts since it started (pid as text): the part of the
+        status that changes with every request, written at a slower pace."""
+        return {str(w.pid): w.outcomes.as_dict()
+                for w in sorted(self.workers.values(), key=lambda w: w.spawned)}
+
     def describe(self, wall: Callable[[float], str | None]) -> dict[str, Any]:
         """The machine's part of the status file; `wall` turns clock values into ISO times."""
 
@@ -471,8 +538,9 @@ class Machine:
             "workers_target": self.target,
             "reloads": self.reloads,
             "workers": [{"pid": w.pid, "generation": w.generation, "state": str(w.state),
-                         "since": wall(w.since)}
+                         "since": wall(w.since), "recycle": w.recycle}
                         for w in sorted(self.workers.values(), key=lambda w: w.spawned)],
+            "recycles": self.recycles,
             "rollout": current,
             "last_rollout": last,
         }

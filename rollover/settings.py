@@ -45,6 +45,13 @@ def _bool(name: str, value: Any) -> bool:
     raise SettingsError(f"{name} must be true or false, got {value!r}")
 
 
+def _optional(name: str, value: Any, parse: Callable[[], float]) -> float | None:
+    """None (or "", or 0 from the environment: off), else what `parse` makes of it."""
+    if value is None or value == 0 or (isinstance(value, str) and value.strip() in ("", "0")):
+        return None
+    return parse()
+
+
 def _path(name: str, value: Any) -> str | None:
     if value is None or value == "":
         return None
@@ -89,6 +96,14 @@ class Settings:
     """The interpreter USR2 execs (default: the one this master runs)."""
     drain: bool
     """Put rollover's drain in front of an ASGI worker class (readiness is added anyway)."""
+    recycle: bool
+    """A worker reaching gunicorn's max_requests is replaced new-ready-first (off: it exits)."""
+    max_worker_rss: float | None
+    """MiB of resident memory after which a worker is replaced, new-ready-first."""
+    max_worker_age: float | None
+    """Seconds of serving after which a worker is replaced, new-ready-first."""
+    max_worker_age_jitter: float | None
+    """Up to this many seconds are added to each worker's max age (default: a tenth of it)."""
 
     @property
     def summary(self) -> str:
@@ -130,6 +145,19 @@ _SPECS: dict[str, tuple[Callable[[str, Any], Any], Callable[[Any], Any]]] = {
     "probe_path": (_probe_path, lambda cfg: None),
     "reexec_python": (_path, lambda cfg: None),
     "drain": (_bool, lambda cfg: True),
+    "recycle": (_bool, lambda cfg: True),
+    "max_worker_rss": (
+        lambda n, v: _optional(n, v, lambda: _number(n, v, minimum=1)),
+        lambda cfg: None,
+    ),
+    "max_worker_age": (
+        lambda n, v: _optional(n, v, lambda: _number(n, v, minimum=1)),
+        lambda cfg: None,
+    ),
+    "max_worker_age_jitter": (
+        lambda n, v: _optional(n, v, lambda: _number(n, v, minimum=0)),
+        lambda cfg: None,
+    ),
 }
 
 NAMES = tuple(f"rollover_{name}" for name in _SPECS)

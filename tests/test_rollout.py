@@ -1006,9 +1006,10 @@ def test_describe_when_idle():
         "workers_target": 2,
         "reloads": 0,
         "workers": [
-            {"pid": first, "generation": 0, "state": "ready", "since": "T+0"},
-            {"pid": second, "generation": 0, "state": "ready", "since": "T+0"},
+            {"pid": first, "generation": 0, "state": "ready", "since": "T+0", "recycle": None},
+            {"pid": second, "generation": 0, "state": "ready", "since": "T+0", "recycle": None},
         ],
+        "recycles": 0,
         "rollout": None,
         "last_rollout": None,
     }
@@ -1029,11 +1030,11 @@ def test_describe_during_a_roll():
     assert status["generation"] == 1
     assert status["reloads"] == 1
     assert status["workers"] == [
-        {"pid": first, "generation": 0, "state": "draining", "since": "T+12"},
-        {"pid": second, "generation": 0, "state": "ready", "since": "T+0"},
-        {"pid": new, "generation": 1, "state": "ready", "since": "T+12"},
+        {"pid": first, "generation": 0, "state": "draining", "since": "T+12", "recycle": None},
+        {"pid": second, "generation": 0, "state": "ready", "since": "T+0", "recycle": None},
+        {"pid": new, "generation": 1, "state": "ready", "since": "T+12", "recycle": None},
         {"pid": status["workers"][3]["pid"], "generation": 1, "state": "booting",
-         "since": "T+12"},
+         "since": "T+12", "recycle": None},
     ]
     assert status["rollout"] == {
         "generation": 1, "reload": 1, "result": None, "error": None, "min_ready": 2,

@@ -80,7 +80,8 @@ def test_every_setting_has_a_documented_name() -> None:
         "rollover_graceful_timeout", "rollover_max_draining", "rollover_backoff_max",
         "rollover_refresh", "rollover_refresh_dependents", "rollover_refresh_timeout",
         "rollover_probe_path",
-        "rollover_reexec_python", "rollover_drain",
+        "rollover_reexec_python", "rollover_drain", "rollover_recycle",
+        "rollover_max_worker_rss", "rollover_max_worker_age", "rollover_max_worker_age_jitter",
     }
 
 

@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from rollover.gunicorn_compat import raw_read
 from rollover.probe import describe_exception, probe_asgi, probe_wsgi
+from rollover.worker import recycle
+from rollover.worker.counting import Tally, counted_asgi, counted_wsgi
 
 if TYPE_CHECKING:
     from rollover.settings import Settings
@@ -223,6 +225,7 @@ def with_readiness(worker_class: type, interface: Interface | None) -> type:
 
     class ReportingWorker(worker_class):
         asgi: Any  # gunicorn's asgi worker keeps its app here (set in load_wsgi)
+        wsgi: Any  # every other class's app (uvicorn's too, before it adapts it)
         _rollover_reports = True
         _rollover_ready = False
         _rollover_asgi = False
@@ -231,6 +234,11 @@ def with_readiness(worker_class: type, interface: Interface | None) -> type:
             super().__init__(*args, **kwargs)
             # Runs in the master right before the fork: the master's ready clock starts now.
             self._rollover_spawned_at = time.monotonic()
+            # max_requests (with gunicorn's jitter, drawn just now) becomes a request for a
+            # replacement; the class's own exit moves to the hard cap (rollover.worker.recycle)
+            self._rollover_limits = (recycle.take_limits(self, settings)
+                                     if settings is not None else recycle.Limits())
+            self._rollover_tally = Tally()
 
         def notify(self) -> None:
             super().notify()
@@ -272,6 +280,15 @@ def with_readiness(worker_class: type, interface: Interface | None) -> type:
                                    timeout=self._rollover_probe_timeout())
                 if cause is not None:
                     self._rollover_probe_failed(cause)
+            # count requests from here on (the probe's is not one), and report the counts
+            tally = self._rollover_tally
+            if interface == "uvicorn":
+                self.config.loaded_app = counted_asgi(self.config.loaded_app, tally)
+            elif self._rollover_asgi:
+                self.asgi = counted_asgi(self.asgi, tally)
+            else:
+                self.wsgi = counted_wsgi(self.wsgi, tally)
+            recycle.Reporter(self, tally, self._rollover_limits, report).start()
             super().run()
 
         def _rollover_probe_timeout(self) -> float:

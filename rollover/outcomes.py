@@ -1,0 +1,59 @@
+"""How a worker's requests ended, counted by class: what workers report, what the master sums.
+
+A worker counts every request its app is called for (WSGI and ASGI `http`, not websockets)
+by the class of its answer: 2xx/3xx (`ok`), 4xx (`client_error`), 5xx (`server_error`), or
+`failed` (the app raised, or ended, before it answered).
+Counts only grow for the life of a worker; the master compares two reports to get a window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass
+
+__all__ = ["Outcomes", "status_class"]
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    requests: int = 0
+    ok: int = 0
+    client_error: int = 0
+    server_error: int = 0
+    failed: int = 0
+
+    @property
+    def errors(self) -> int:
+        """Requests the server got wrong: 5xx answers and failed requests."""
+        return self.server_error + self.failed
+
+    def __add__(self, other: Outcomes) -> Outcomes:
+        return Outcomes(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+    def __sub__(self, other: Outcomes) -> Outcomes:
+        return Outcomes(*(max(0, a - b)
+                          for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+    def encode(self) -> str:
+        """The form a worker sends over the readiness channel: five numbers."""
+        return " ".join(map(str, astuple(self)))
+
+    @classmethod
+    def decode(cls, text: str) -> Outcomes:
+        """ValueError for anything but five non-negative whole numbers."""
+        numbers = [int(part) for part in text.split()]
+        if len(numbers) != 5 or min(numbers) < 0:
+            raise ValueError(f"expected five counts, got {text[:80]!r}")
+        return cls(*numbers)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"requests": self.requests, "ok": self.ok, "4xx": self.client_error,
+                "5xx": self.server_error, "failed": self.failed}
+
+
+def status_class(status: int) -> str:
+    """The `Outcomes` field an HTTP status counts in."""
+    if status >= 500:
+        return "server_error"
+    if status >= 400:
+        return "client_error"
+    return "ok"
