@@ -371,8 +371,10 @@ class Machine:
 
     def _retire_overdue(self, now: float) -> None:
         """While replacements fail to boot, a worker far past its limit is retired without
-        one, one at a time: what gunicorn's max_requests does, capacity dip included."""
-        if not self.failures or self.rollout is not None or self._live(WorkerState.DRAINING):
+        one, one at a time: what gunicorn's max_requests does, capacity dip included; but
+        never the last READY worker (serving from a worn worker beats serving nothing)."""
+        if (not self.failures or self.rollout is not None or self.ready_count <= 1
+                or self._live(WorkerState.DRAINING)):
             return
         overdue = [w for w in self._live(WorkerState.READY) if w.overdue]
         if not overdue:

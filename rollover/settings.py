@@ -155,7 +155,7 @@ _SPECS: dict[str, tuple[Callable[[str, Any], Any], Callable[[Any], Any]]] = {
         lambda cfg: None,
     ),
     "max_worker_age_jitter": (
-        lambda n, v: _optional(n, v, lambda: _number(n, v, minimum=0)),
+        lambda n, v: None if v is None or v == "" else _number(n, v, minimum=0),
         lambda cfg: None,
     ),
 }
