@@ -10,11 +10,12 @@ with `rollover_recycle` off (gunicorn's own exit) show the boot-long wait.
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from collections.abc import Callable
 
 import pytest
-from harness import AppCode, Load, Master
+from harness import AppCode, Load, Master, wait_for
 
 pytestmark = pytest.mark.process
 
@@ -89,3 +90,83 @@ def test_status_shows_counts_and_why(
         {"requests": len(counts), "ok": len(counts), "4xx": len(counts), "5xx": len(counts),
          "failed": len(counts)})
 
+
+
+_GROWING_APP = '''\
+import json, os, time
+time.sleep({boot!r})
+KEPT = []
+
+def app(environ, start_response):
+    KEPT.append(b"x" * (512 * 1024))  # every request keeps half a MiB: a leak
+    body = json.dumps({{"pid": os.getpid(), "version": "v1"}}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+
+def test_rss_limit_replaces_a_leaking_worker(
+    masters: Callable[..., Master], make_app: Callable[..., AppCode],
+) -> None:
+    app = make_app()
+    app.path.write_text(_GROWING_APP.format(boot=1.0))
+    master = masters(app, workers=2, worker_class="gthread",
+                     env={"ROLLOVER_MAX_WORKER_RSS": "80"})
+    master.wait_serving()
+    with Load(master.port, clients=2, keepalive=True, think=0.02) as load:
+        load.run_for(8.0, min_requests=300)
+    asked, recycled = asked_and_recycled(master)
+    print(f"\nrss limit: {load.describe()}; asked {asked}, recycled {recycled}")
+    assert load.failed() == [], load.describe()
+    assert recycled and set(recycled) <= set(asked), master.tail(60)
+    assert "max_worker_rss:" in master.log_text()
+    assert load.latency().max < 0.5, load.describe()
+
+
+def test_age_limit_recycles_one_at_a_time_within_the_surge(
+    masters: Callable[..., Master], make_app: Callable[..., AppCode],
+) -> None:
+    app = make_app()
+    app.write("v1", boot_delay=1.0)
+    master = masters(app, workers=4, worker_class="gthread",
+                     env={"ROLLOVER_MAX_WORKER_AGE": "2", "ROLLOVER_MAX_WORKER_AGE_JITTER": "1"})
+    master.wait_status(lambda s: s.get("state") == "idle", 30, "all 4 workers READY")
+    most_booting = 0
+    with Load(master.port, clients=4, keepalive=True, think=0.01) as load:
+        deadline = time.monotonic() + 9.0
+        while time.monotonic() < deadline:
+            status = master.status() or {}
+            booting = sum(1 for w in status.get("workers", []) if w["state"] == "booting")
+            most_booting = max(most_booting, booting)
+            time.sleep(0.02)
+    asked, recycled = asked_and_recycled(master)
+    print(f"\nage limit: {load.describe()}; {len(recycled)} recycled, "
+          f"at most {most_booting} booting")
+    assert load.failed() == [], load.describe()
+    assert len(recycled) >= 4 and set(recycled) <= set(asked), master.tail(60)
+    assert most_booting == 1  # max_surge 1: never two replacements booting at once
+    assert "max_worker_age:" in master.log_text()
+
+
+def test_when_no_replacement_can_boot_the_worker_serves_on_then_goes_at_the_hard_cap(
+    masters: Callable[..., Master], make_app: Callable[..., AppCode],
+) -> None:
+    app = make_app()
+    app.write("v1", boot_delay=0.5)
+    master = masters(app, workers=2, worker_class="gthread",
+                     extra_args=["--max-requests", "150", "--max-requests-jitter", "0"])
+    master.wait_serving()
+    app.write("v2", boot_delay=0.0, error="the code on disk broke")  # no HUP: respawns fail
+    with Load(master.port, clients=2, keepalive=True, think=0.01) as load:
+        wait_for(lambda: "without a replacement" in master.log_text(), 30,
+                 what="a worker retired at its hard cap", on_timeout=master.tail)
+        load.run_for(1.0)
+    log = master.log_text()
+    print(f"\nno replacement: {load.describe()}")
+    assert "asks to be replaced (max_requests: served" in log
+    assert "the code on disk broke" in log  # the failed respawns, with their cause
+    assert master.alive()
+    assert load.failed() == [], load.describe()
+    status = master.status() or {}
+    assert status.get("respawn") and status["respawn"]["failures"] >= 1, status
