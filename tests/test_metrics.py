@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from harness import AppCode, Master, run_cli, wait_for
+from harness import AppCode, Load, Master, run_cli, wait_for
 
 pytestmark = pytest.mark.process
 
@@ -80,3 +80,21 @@ def test_roll_metrics_reach_statsd(
     wait_metric(statsd, seen, r"web\.rollover\.rollouts\.aborted:1\|c(\|@1(\.0)?)?")
     assert sum(1 for m in seen if ".rollout.duration:" in m) == 2
     assert not [m for m in seen if ".rollouts.superseded" in m]
+
+
+def test_recycles_reach_statsd(
+    statsd: socket.socket,
+    make_app: Callable[..., AppCode],
+    masters: Callable[..., Master],
+) -> None:
+    port = statsd.getsockname()[1]
+    app = make_app()
+    app.write("v1", boot_delay=0.3)
+    master = masters(app, workers=2,
+                     extra_args=["--statsd-host", f"127.0.0.1:{port}", "--statsd-prefix", "web",
+                                 "--max-requests", "50", "--max-requests-jitter", "0"])
+    master.wait_serving()
+    seen: list[str] = []
+    with Load(master.port, clients=2, keepalive=True, think=0.01) as load:
+        wait_metric(statsd, seen, r"web\.rollover\.recycles:1\|c(\|@1(\.0)?)?", timeout=20)
+    assert load.failed() == [], load.describe()
