@@ -333,7 +333,7 @@ class Replay:
             if st.get("state") == "idle" or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        releases = Counter()
+        releases: Counter[str] = Counter()
         for worker in st.get("workers", []):
             if worker.get("state") != "ready":
                 continue

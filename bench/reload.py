@@ -3,7 +3,9 @@
 For each server (stock gunicorn HUP, uvicorn --workers SIGHUP, rollover HUP, and the WSGI
 variants on gthread) and each scenario (a good reload, a bad deploy, a reload with one
 open SSE stream), it starts the server on a freshly written app, runs a closed-loop load,
-deploys the next version mid-load and sends HUP, and measures what the clients saw.
+deploys the next version mid-load and sends HUP, and measures what the clients saw. The
+recycle scenario sends no HUP: the server runs with --max-requests (uvicorn:
+--limit-max-requests) under the same load, and its workers recycle (bench/recycle.py).
 
 Outputs in --out: results.json, results.md, timeline.png, timelines/*.csv (every
 request), logs/*.log (every server's log).
@@ -33,14 +35,19 @@ from typing import Any
 
 import psutil
 
-from bench import metrics
+from bench import metrics, recycle
 from bench.app import AppCode
 from bench.load import Load, Record, Stream
 from bench.report import markdown, plot
 from bench.servers import BASELINE, SERVER_NAMES, SPECS, RollEnd, Server
 
-SCENARIOS = ("reload", "bad", "stream")
+SCENARIOS = ("reload", "bad", "stream", "recycle")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+#: The recycle scenario's defaults (see bench/README.md for why these values).
+MAX_REQUESTS = 1000
+MAX_REQUESTS_JITTER = 200
+RECYCLE_DURATION = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +67,9 @@ class Config:
     graceful_timeout: float
     max_after: float
     client_retry: bool
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+    recycle_duration: float = 30.0
 
     @property
     def keepalive_clients(self) -> int:
@@ -234,6 +244,82 @@ async def run_scenario(
     return {"result": result, "records": rel}
 
 
+async def run_recycle(name: str, cfg: Config, workroot: Path, outdir: Path) -> dict[str, Any]:
+    """The recycle scenario: no HUP, no new code; the server runs with max_requests under
+    the load for warm-up + recycle_duration seconds and its workers recycle (see
+    bench/recycle.py). Times in the timeline are relative to the end of the warm-up."""
+    spec = SPECS[name]
+    scenario = "recycle"
+    workdir = workroot / f"{name}-{scenario}"
+    workdir.mkdir(parents=True)
+    app = AppCode(workdir / "app", boot=cfg.boot, cpu=cfg.cpu_boot)
+    app.write("1")
+    server = Server(
+        spec,
+        workdir,
+        app,
+        workers=cfg.workers,
+        graceful_timeout=cfg.graceful_timeout,
+        max_requests=cfg.max_requests,
+        max_requests_jitter=cfg.max_requests_jitter,
+    )
+    result: dict[str, Any] = {
+        "server": name,
+        "scenario": scenario,
+        "worker_class": spec.worker_class,
+        "max_requests": cfg.max_requests,
+        "max_requests_jitter": cfg.max_requests_jitter,
+    }
+    monitor = Monitor(server)  # no HUP: RSS and CPU samples only
+    load: Load | None = None
+    status: dict[str, Any] | None = None
+    try:
+        await asyncio.to_thread(server.start, 30 + 3 * cfg.boot * cfg.workers)
+        result["argv"] = shlex.join(server.argv())
+        monitor.start()
+        length = cfg.warmup + cfg.recycle_duration
+        load = Load(
+            server.port,
+            clients=cfg.clients,
+            think=cfg.think,
+            timeout=cfg.timeout,
+            max_seconds=length + 5,
+            max_requests=1_000_000,
+            retry=cfg.client_retry,
+        )
+        load.start()
+        await asyncio.sleep(max(0.0, load.started_at + length - time.monotonic()))
+        await load.stop()
+        load_stop = load.stop_requested_at or time.monotonic()
+        await asyncio.sleep(0.2)  # one more sample
+        status = server.status()
+    except Exception as exc:
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        print(f"  {name}/{scenario}: ERROR {result['error']}", file=sys.stderr)
+        return {"result": result, "records": []}
+    finally:
+        monitor.stop()
+        if load is not None and load.stop_requested_at is None:
+            await load.stop()
+        settings = server.settings()
+        await asyncio.to_thread(server.stop)
+        logs = outdir / "logs"
+        logs.mkdir(exist_ok=True)
+        with contextlib.suppress(OSError):
+            shutil.copyfile(server.log_path, logs / f"{name}-{scenario}.log")
+
+    records = sorted(load.records, key=lambda r: r.start)
+    window_start = load.started_at + cfg.warmup
+    result.update(recycle.analyse(records, load.started_at, window_start, load_stop, monitor.cpu))
+    result["recycles"] = recycle.count_recycles(server.log_text(), status)
+    result["settings"] = settings
+    if monitor.errors:
+        result["monitor_errors"] = monitor.errors
+    result["timeline_csv"] = write_timeline(outdir, name, scenario, records, window_start)
+    rel = [(r.start - window_start, r.end - window_start, r.ok) for r in records]
+    return {"result": result, "records": rel}
+
+
 def analyse(
     cfg: Config,
     scenario: str,
@@ -384,7 +470,11 @@ def write_timeline(
 
 def evaluate_targets(cfg: Config, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The issue's targets for each rollover variant, against its stock baseline."""
-    by_key = {(r["server"], r["scenario"]): r for r in results if not r.get("error")}
+    by_key = {
+        (r["server"], r["scenario"]): r
+        for r in results
+        if not r.get("error") and r["scenario"] != "recycle"  # no HUP: no roll targets
+    }
     out = []
     for (server, scenario), r in by_key.items():
         if server not in BASELINE:
@@ -470,6 +560,22 @@ async def run_all(cfg: Config, outdir: Path, workroot: Path) -> list[dict[str, A
             index += 1
             t0 = time.monotonic()
             print(f"[{index}/{total}] {name} / {scenario} ...", file=sys.stderr, flush=True)
+            if scenario == "recycle":
+                run = await run_recycle(name, cfg, workroot, outdir)
+                r = run["result"]
+                if not r.get("error"):
+                    print(
+                        f"  {time.monotonic() - t0:.1f}s: {r['requests']} requests, "
+                        f"{r['failed']['total']} failed {r['failed']['by_kind']}, latency "
+                        f"p99 {r['latency']['window']['p99_ms']:.0f} / max "
+                        f"{r['latency']['window']['max_ms']:.0f} ms, min bucket "
+                        f"{r['throughput']['ratio']} of median, recycles "
+                        f"{r['recycles']['total']}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                runs.append(run)
+                continue
             run = await run_scenario(name, scenario, cfg, workroot, outdir)
             r = run["result"]
             if not r.get("error"):
@@ -499,8 +605,10 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path, bool, argparse.Nam
     )
     parser.add_argument(
         "--scenarios",
-        default=",".join(SCENARIOS),
-        help="comma-separated, from reload, bad (bad deploy), stream (default: all)",
+        default=None,
+        help=(
+            "comma-separated, from reload, bad (bad deploy), stream, recycle (default: all four)"
+        ),
     )
     parser.add_argument("--workers", type=int, default=4, help="N workers (default 4)")
     parser.add_argument("--boot", type=float, default=2.0, help="import-time boot seconds (2)")
@@ -525,19 +633,44 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path, bool, argparse.Nam
         help="hard cap on load seconds after the HUP (default 2*N*boot + graceful + 10)",
     )
     parser.add_argument(
+        "--max-requests",
+        type=int,
+        default=MAX_REQUESTS,
+        help=f"recycle scenario: gunicorn's --max-requests (uvicorn: --limit-max-requests) "
+        f"({MAX_REQUESTS})",
+    )
+    parser.add_argument(
+        "--max-requests-jitter",
+        type=int,
+        default=MAX_REQUESTS_JITTER,
+        help=f"recycle scenario: gunicorn's --max-requests-jitter (uvicorn: "
+        f"--limit-max-requests-jitter) ({MAX_REQUESTS_JITTER})",
+    )
+    parser.add_argument(
+        "--recycle-duration",
+        type=float,
+        default=RECYCLE_DURATION,
+        help=f"recycle scenario: seconds of load measured after the warm-up ({RECYCLE_DURATION:g})",
+    )
+    parser.add_argument(
         "--client-retry",
         action="store_true",
         help="let aiohttp retry a request once on a closed keep-alive connection",
     )
     parser.add_argument(
-        "--smoke", action="store_true", help="CI smoke: rollover, one reload, seconds"
+        "--smoke",
+        action="store_true",
+        help="CI smoke: rollover, one reload (or the --scenarios given, e.g. recycle), seconds",
     )
     parser.add_argument("--keep-tmp", action="store_true", help="keep the scenario work dirs")
     args = parser.parse_args(argv)
     if args.smoke:  # one server, one scenario, a few seconds (CI)
-        args.servers, args.scenarios = "rollover", "reload"
+        args.servers, args.scenarios = "rollover", args.scenarios or "reload"
         args.workers, args.boot, args.clients = 2, 0.2, 4
         args.duration, args.warmup, args.hup_at, args.tail = 2.0, 0.3, 1.0, 0.3
+        args.recycle_duration, args.max_requests, args.max_requests_jitter = 3.0, 100, 20
+    if args.scenarios is None:
+        args.scenarios = ",".join(SCENARIOS)
     servers = tuple(s.strip() for s in args.servers.split(",") if s.strip())
     scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
     for s in servers:
@@ -550,6 +683,8 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path, bool, argparse.Nam
         parser.error("--workers and --clients must be >= 1, --boot >= 0")
     if args.hup_at <= args.warmup:
         parser.error("--hup-at must be later than --warmup")
+    if args.max_requests < 0 or args.max_requests_jitter < 0 or args.recycle_duration <= 0:
+        parser.error("--max-requests and its jitter must be >= 0, --recycle-duration > 0")
     max_after = args.max_after
     if max_after is None:
         max_after = 2 * args.workers * args.boot + args.graceful_timeout + 10
@@ -569,6 +704,9 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path, bool, argparse.Nam
         graceful_timeout=args.graceful_timeout,
         max_after=max_after,
         client_retry=args.client_retry,
+        max_requests=args.max_requests,
+        max_requests_jitter=args.max_requests_jitter,
+        recycle_duration=args.recycle_duration,
     )
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     outdir = args.out or RESULTS_DIR / (stamp + ("-smoke" if args.smoke else ""))
@@ -615,8 +753,13 @@ def main(argv: list[str] | None = None) -> int:
 
     png = outdir / "timeline.png"
     try:
+        what = "Reload under load"
+        if "recycle" in cfg.scenarios:
+            limit = f"max_requests {cfg.max_requests} + 0..{cfg.max_requests_jitter}"
+            only = cfg.scenarios == ("recycle",)
+            what = f"Recycling ({limit}) under load" if only else f"{what}; recycle: {limit}"
         title = (
-            f"Reload under load: {cfg.workers} workers, {cfg.boot:g} s boot, "
+            f"{what}: {cfg.workers} workers, {cfg.boot:g} s boot, "
             f"{cfg.clients} clients ({meta['machine']['cores']} cores, {meta['started']})"
         )
         plot(png, runs, cfg.servers, cfg.scenarios, title)

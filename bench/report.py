@@ -10,7 +10,11 @@ SCENARIO_TITLES = {
     "reload": "reload",
     "bad": "bad deploy",
     "stream": "reload + open stream",
+    "recycle": "recycle (max_requests)",
 }
+
+#: Which stock server each rollover variant is compared with (bench.servers.BASELINE).
+_BASELINE = {"rollover": "gunicorn", "rollover-wsgi": "gunicorn-wsgi"}
 
 
 def _fmt(value: float | None, spec: str = ".2f", none: str = "-") -> str:
@@ -109,6 +113,93 @@ def results_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _recycles(rec: dict[str, Any]) -> str:
+    parts = []
+    if rec["exit_at_limit"]:
+        parts.append(f"{rec['exit_at_limit']} exited at the limit")
+    if rec["ready_first"]:
+        parts.append(f"{rec['ready_first']} replaced ready-first")
+    if rec["without_replacement"]:
+        parts.append(f"{rec['without_replacement']} without a replacement")
+    if rec["exited_before_replacement"]:
+        parts.append(f"{rec['exited_before_replacement']} exited before their replacement")
+    text = f"**{rec['total']}**" + (f" ({', '.join(parts)})" if parts else "")
+    if rec["asked_not_recycled"]:
+        text += f"; {rec['asked_not_recycled']} asked, not yet replaced at the end"
+    return text
+
+
+def recycle_table(results: Sequence[dict[str, Any]]) -> str:
+    """The recycle scenario: one row per server."""
+    head = (
+        "| server | max_requests | requests | failed (kind) | p50 / p99 / max ms "
+        "| min 0.5 s bucket / median (buckets < 0.9 x median) | longest gap s "
+        "| recycles (server log) | worker pids answering | other load, cores |"
+    )
+    lines = [head, "|" + " --- |" * 10]
+    for r in results:
+        limit = f"{r.get('max_requests')} + 0..{r.get('max_requests_jitter')}"
+        if r.get("error"):
+            lines.append(
+                f"| {r['server']} | {limit} | - | error: {str(r['error']).splitlines()[0]} |"
+                + " |" * 6
+            )
+            continue
+        tp = r["throughput"]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["server"],
+                    limit,
+                    str(r["requests"]),
+                    _failed(r["failed"], {}),
+                    _lat(r["latency"]["window"]),
+                    f"{_fmt(tp['ratio'])} ({tp['below_0_9']} of {tp['buckets']})",
+                    _fmt(r["longest_gap_s"]),
+                    _recycles(r["recycles"]),
+                    str(r["pids_answering"]),
+                    _fmt(r["cpu_cores"]["window"]["other"], ".1f"),
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def recycle_pairs(results: Sequence[dict[str, Any]]) -> str:
+    """Each rollover variant next to its stock twin: stock -> rollover, per figure."""
+    by_server = {r["server"]: r for r in results if not r.get("error")}
+    head = (
+        "| stock -> rollover | failed | p50 ms | p99 ms | max ms | min bucket / median | recycles |"
+    )
+    lines = [head, "|" + " --- |" * 7]
+    for variant, stock_name in _BASELINE.items():
+        roll, stock = by_server.get(variant), by_server.get(stock_name)
+        if roll is None or stock is None:
+            continue
+
+        def pair(get: Any, spec: str = ".0f", a: Any = stock, b: Any = roll) -> str:
+            return f"{_fmt(get(a), spec)} -> {_fmt(get(b), spec)}"
+
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    f"{stock_name} -> {variant}",
+                    pair(lambda r: r["failed"]["total"], "d"),
+                    pair(lambda r: r["latency"]["window"]["p50_ms"], ".1f"),
+                    pair(lambda r: r["latency"]["window"]["p99_ms"], ".1f"),
+                    pair(lambda r: r["latency"]["window"]["max_ms"]),
+                    pair(lambda r: r["throughput"]["ratio"], ".2f"),
+                    pair(lambda r: r["recycles"]["total"], "d"),
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def _mark(ok: bool | None, text: str) -> str:
     if ok is None:
         return f"n/a {text}".strip()
@@ -164,6 +255,8 @@ def markdown(
 ) -> str:
     cfg = meta["config"]
     machine = meta["machine"]
+    recycled = [r for r in results if r["scenario"] == "recycle"]
+    results = [r for r in results if r["scenario"] != "recycle"]
     parts = [
         f"# Reload benchmark, {meta['started']}",
         "",
@@ -184,15 +277,35 @@ def markdown(
         f"{machine['loadavg_at_start'][0]:g} at the start, "
         f"{machine.get('loadavg_at_end', ['?'])[0]} at the end).",
         "",
-        'Latencies cover every attempt (answered or failed); "reload" figures cover the '
-        "requests in flight from the HUP to the end of the load (roll end + "
-        f"{cfg['tail']:g} s at least). Roll: rollover from its status file (finished - "
-        "started); stock gunicorn and uvicorn until the last old worker was gone (or the "
-        "master halted / the restart aborted).",
-        "",
-        results_table(results),
-        "",
     ]
+    if results:
+        parts += [
+            'Latencies cover every attempt (answered or failed); "reload" figures cover the '
+            "requests in flight from the HUP to the end of the load (roll end + "
+            f"{cfg['tail']:g} s at least). Roll: rollover from its status file (finished - "
+            "started); stock gunicorn and uvicorn until the last old worker was gone (or the "
+            "master halted / the restart aborted).",
+            "",
+            results_table(results),
+            "",
+        ]
+    if recycled:
+        parts += [
+            "## Recycling at max_requests (no HUP)",
+            "",
+            f"Every server runs with `--max-requests {cfg['max_requests']} "
+            f"--max-requests-jitter {cfg['max_requests_jitter']}` (uvicorn: "
+            "`--limit-max-requests`, `--limit-max-requests-jitter`) under the same load for "
+            f"{cfg['recycle_duration']:g} s after the warm-up; latencies cover every attempt "
+            "started in that window, buckets are whole 0.5 s buckets of it, compared with "
+            "their median. Recycles: counted in the server's log over the whole run.",
+            "",
+            recycle_table(recycled),
+            "",
+        ]
+        pairs = recycle_pairs(recycled)
+        if pairs:
+            parts += [pairs, ""]
     if targets:
         parts += ["## rollover against its targets", "", targets_table(targets), ""]
     if meta.get("png"):
@@ -219,7 +332,11 @@ def plot(
 
     rows, cols = len(servers), len(scenarios)
     fig, axes = plt.subplots(
-        rows, cols, figsize=(max(5.6 * cols, 11), 2.7 * rows + 1.2), squeeze=False, sharex=True
+        rows,
+        cols,
+        figsize=(max(5.6 * cols, 11), 2.7 * rows + 1.2),
+        squeeze=False,
+        sharex="col",  # the recycle column's time axis is its own
     )
     by_key = {(run["result"]["server"], run["result"]["scenario"]): run for run in runs}
     tp_max = 1.0
@@ -247,18 +364,32 @@ def plot(
             if j == 0:
                 ax.set_ylabel("answered req/s", fontsize=8)
             if i == rows - 1:
-                ax.set_xlabel("seconds since HUP", fontsize=8)
+                ax.set_xlabel(
+                    "seconds since the warm-up" if scenario == "recycle" else "seconds since HUP",
+                    fontsize=8,
+                )
     fig.suptitle(title, fontsize=10)
-    handles = [
+    handles: list[Any] = [
         matplotlib.lines.Line2D([], [], color="tab:blue", label="throughput (0.5 s buckets)"),
         matplotlib.lines.Line2D(
             [], [], color="tab:orange", marker=".", ls="", label="request latency (right axis, log)"
         ),
         matplotlib.lines.Line2D([], [], color="red", marker="x", ls="", label="failed request"),
-        matplotlib.lines.Line2D([], [], color="black", ls="-", label="HUP"),
-        matplotlib.patches.Patch(color="tab:green", alpha=0.15, label="roll (HUP -> end)"),
-        matplotlib.lines.Line2D([], [], color="tab:purple", ls=":", label="first new-code answer"),
     ]
+    if any(s != "recycle" for s in scenarios):
+        handles += [
+            matplotlib.lines.Line2D([], [], color="black", ls="-", label="HUP"),
+            matplotlib.patches.Patch(color="tab:green", alpha=0.15, label="roll (HUP -> end)"),
+            matplotlib.lines.Line2D(
+                [], [], color="tab:purple", ls=":", label="first new-code answer"
+            ),
+        ]
+    if "recycle" in scenarios:
+        handles.append(
+            matplotlib.lines.Line2D(
+                [], [], color="grey", ls="--", label="recycle: a worker's last answer"
+            )
+        )
     fig.legend(
         handles=handles, loc="lower center", ncol=3 if cols == 1 else 6, fontsize=8, frameon=False
     )
@@ -281,12 +412,17 @@ def _panel(ax: Any, run: dict[str, Any], tp_max: float, lat_max: float) -> None:
         ax.step(xs, ys, where="post", color="tab:blue", lw=1.2)
     ax.set_ylim(0, tp_max * 1.15)
     ax.tick_params(labelsize=7)
-    ax.axvline(0, color="black", lw=1)
-    roll = result["roll"]
-    if roll["ended_after_hup_s"] is not None:
-        ax.axvspan(0, roll["ended_after_hup_s"], color="tab:green", alpha=0.15)
-    if result["first_new_answer_s"] is not None:
-        ax.axvline(result["first_new_answer_s"], color="tab:purple", ls=":", lw=1.2)
+    recycling = result["scenario"] == "recycle"
+    if not recycling:  # the recycle scenario has no HUP, no roll, no new code
+        ax.axvline(0, color="black", lw=1)
+        roll = result["roll"]
+        if roll["ended_after_hup_s"] is not None:
+            ax.axvspan(0, roll["ended_after_hup_s"], color="tab:green", alpha=0.15)
+        if result["first_new_answer_s"] is not None:
+            ax.axvline(result["first_new_answer_s"], color="tab:purple", ls=":", lw=1.2)
+    else:
+        for t in result.get("worker_last_answers_s", []):
+            ax.axvline(t, color="grey", ls="--", lw=0.8)
     lat = ax.twinx()
     ok = [(end, end - start) for start, end, good in run["records"] if good]
     bad = [(end, end - start) for start, end, good in run["records"] if not good]
@@ -314,10 +450,13 @@ def _panel(ax: Any, run: dict[str, Any], tp_max: float, lat_max: float) -> None:
     lat.tick_params(labelsize=7)
     lat.set_ylabel("latency ms", fontsize=7)
     failed = result["failed"]["total"]
+    window = "window" if recycling else "reload"
     text = (
-        f"failed {failed}, worst {result['latency']['reload']['max_ms']:.0f} ms, "
+        f"failed {failed}, worst {result['latency'][window]['max_ms']:.0f} ms, "
         f"min bucket {_fmt(result['throughput']['ratio'])}"
     )
+    if recycling:
+        text += f", recycles {result['recycles']['total']}"
     ax.text(
         0.99,
         0.04,

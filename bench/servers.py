@@ -156,12 +156,18 @@ class Server:
         *,
         workers: int,
         graceful_timeout: float,
+        max_requests: int = 0,
+        max_requests_jitter: int = 0,
     ) -> None:
         self.spec = spec
         self.workdir = workdir
         self.app = app
         self.workers = workers
         self.graceful_timeout = graceful_timeout
+        # Recycling (the recycle scenario): gunicorn's --max-requests / --max-requests-jitter,
+        # uvicorn's --limit-max-requests / --limit-max-requests-jitter; 0 = off.
+        self.max_requests = max_requests
+        self.max_requests_jitter = max_requests_jitter
         self.pidfile = workdir / "gunicorn.pid"
         self.status_path = workdir / "gunicorn.rollover.json"
         self.log_path = workdir / "server.log"
@@ -196,6 +202,7 @@ class Server:
                 "--timeout-worker-healthcheck",
                 str(READY_TIMEOUT),
                 "--no-access-log",
+                *self._limit_args("--limit-max-requests"),
             ]
         argv = [str(BIN / "gunicorn")]
         if spec.family == "rollover":
@@ -220,8 +227,17 @@ class Server:
             str(READY_TIMEOUT),
             "--chdir",
             str(self.app.dir),
+            *self._limit_args("--max-requests"),
             target,
         ]
+
+    def _limit_args(self, flag: str) -> list[str]:
+        if self.max_requests <= 0:
+            return []
+        args = [flag, str(self.max_requests)]
+        if self.max_requests_jitter > 0:
+            args += [f"{flag}-jitter", str(self.max_requests_jitter)]
+        return args
 
     def environ(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLOVER_")}
