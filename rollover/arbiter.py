@@ -39,8 +39,9 @@ from rollover import (
     settings,
     status,
 )
+from rollover.canary import CanaryPolicy
 from rollover.outcomes import Outcomes
-from rollover.worker import readiness
+from rollover.worker import readiness, spread
 
 # The gunicorn hooks `rollover.hooks` defines: each reports to `hook_ran` when it runs.
 HOOK_NAMES = ("on_starting", "when_ready")
@@ -80,7 +81,7 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
         self.machine = rollout.Machine(self._policy(), target=self.num_workers)
         self._extend_worker_class(announce=True)
         self._last_status: dict[str, Any] | None = None
-        self._last_counts: dict[str, Any] | None = None
+        self._last_counted: dict[str, Any] | None = None
         self._counts_written = float("-inf")
         self._status_error: str | None = None
         # While a roll is under way: the serving generation, as the master forked it
@@ -149,9 +150,14 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
 
     def _policy(self) -> rollout.Policy:
         s = self.settings
+        canary = None
+        if s.canary:
+            canary = CanaryPolicy(requests=s.canary_requests, seconds=s.canary_seconds,
+                                  threshold=s.canary_threshold,
+                                  min_failures=s.canary_min_failures)
         return rollout.Policy(ready_timeout=s.ready_timeout, max_surge=s.max_surge,
                               graceful_timeout=s.graceful_timeout, max_draining=s.max_draining,
-                              backoff_max=s.backoff_max)
+                              backoff_max=s.backoff_max, canary=canary)
 
     # -- gunicorn's main loop, extended ---------------------------------------------------
 
@@ -191,7 +197,7 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
                 self.machine.failed(m.pid, m.detail)
             elif m.event == "counts":
                 try:
-                    self.machine.counted(m.pid, Outcomes.decode(m.detail))
+                    self.machine.counted(now, m.pid, Outcomes.decode(m.detail))
                 except ValueError as exc:
                     self.log.warning("rollover: bad counts from worker %s: %s", m.pid, exc)
             elif m.event in ("recycle", "recycle-overdue"):
@@ -242,6 +248,10 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
             return
         self._reported_rollout = last
         self._metric(f"rollover.rollouts.{last.result}", 1, "counter")
+        verdict = last.canary.verdict if last.canary is not None else None
+        if verdict is not None:
+            self._metric(f"rollover.canary.{str(verdict.result).replace(' ', '_')}", 1,
+                         "counter")
         if last.finished is not None:
             self._metric("rollover.rollout.duration", (last.finished - last.started) * 1000,
                          "histogram")
@@ -273,6 +283,11 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
                 self.log.warning("rollover: killing worker %s: %s", pid, reason)
                 self._planned[pid] = f"killed by rollover: {reason}"
                 self.kill_worker(pid, signal.SIGKILL)
+            case rollout.CanaryWindow(canary, every):
+                if canary is None:
+                    spread.close_window()
+                else:
+                    spread.open_window(canary, every)
             case rollout.Revert(generation):
                 self._revert(generation)
             case rollout.RollBack(generation):
@@ -585,18 +600,18 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
                          "max_worker_rss": self.settings.max_worker_rss,
                          "max_worker_age": self.settings.max_worker_age,
                          "reexec_python": self.settings.reexec_python},
-            **self.machine.describe(lambda t: status.iso(t + offset)),
+            **self.machine.describe(lambda t: status.iso(t + offset), counters=False),
             "serving_code": "preloaded" if self.cfg.preload_app else "disk",
             "refresh": self.refresh_report.as_dict() if self.refresh_report else None,
         }
         # request counts change with every request: on their own, written once a second
-        counts = self.machine.counts()
+        counted = self.machine.describe(lambda t: status.iso(t + offset))
         now = time.monotonic()
-        if data == self._last_status and (counts == self._last_counts
+        if data == self._last_status and (counted == self._last_counted
                                           or now - self._counts_written < COUNTS_EVERY):
             return
-        self._last_counts, self._counts_written = counts, now
-        data_with_time = {**data, "counts": counts, "updated": status.iso(time.time())}
+        self._last_counted, self._counts_written = counted, now
+        data_with_time = {**data, **counted, "updated": status.iso(time.time())}
         try:
             status.write_status(path, data_with_time)
         except OSError as exc:

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from rollover import canary as canary_verdict
+from rollover.canary import CanaryPolicy, Verdict
 from rollover.outcomes import Outcomes
 
 
@@ -98,7 +100,17 @@ class Halt:
     exit_code: int
 
 
-Action = Spawn | Retire | Kill | Revert | RollBack | Log | Halt
+@dataclass(frozen=True)
+class CanaryWindow:
+    """Open (`canary` set) or close (None) the canary's traffic window: the old workers
+    answer one in `every` keep-alive requests with ``Connection: close`` so clients
+    reconnect and some reach the canary."""
+
+    canary: int | None
+    every: int = 0
+
+
+Action = Spawn | Retire | Kill | Revert | RollBack | Log | Halt | CanaryWindow
 
 
 # -- state ---------------------------------------------------------------------------------
@@ -113,6 +125,7 @@ class Policy:
     backoff_base: float = 1.0
     backoff_max: float = 30.0
     stable_after: float = 10.0  # READY this long without a failure ends the backoff
+    canary: CanaryPolicy | None = None  # None: rolls go on without a canary verdict
 
 
 @dataclass
@@ -130,6 +143,36 @@ class Worker:
 
 
 @dataclass
+class Canary:
+    """The first new worker of a roll, watched over a window before the roll goes on."""
+
+    pid: int
+    started: float
+    base: Outcomes  # its counts when it became READY
+    old_base: dict[int, Outcomes]  # the old workers' counts then
+    window: Outcomes = field(default_factory=Outcomes)
+    old_window: Outcomes = field(default_factory=Outcomes)
+    verdict: Verdict | None = None
+
+    @property
+    def share(self) -> float:
+        """The canary's share of the requests served in the window."""
+        total = self.window.requests + self.old_window.requests
+        return self.window.requests / total if total else 0.0
+
+    def describe(self, counters: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "pid": self.pid,
+            "verdict": None if self.verdict is None else str(self.verdict.result),
+            "summary": None if self.verdict is None else self.verdict.summary}
+        if counters or self.verdict is not None:
+            out.update(requests=self.window.requests, failures=self.window.errors,
+                       share=round(self.share, 3), old_requests=self.old_window.requests,
+                       old_failures=self.old_window.errors)
+        return out
+
+
+@dataclass
 class Rollout:
     generation: int
     reload: int
@@ -141,6 +184,12 @@ class Rollout:
     can_roll_back: bool = False
     is_rollback: bool = False
     rollback: str | None = None  # on an aborted roll: "running", "succeeded", "failed: ..."
+    canary: Canary | None = None
+
+    @property
+    def holding(self) -> bool:
+        """Waiting for the canary's verdict: no retirement, no further spawn."""
+        return self.canary is not None and self.canary.verdict is None
 
 
 # Exit codes gunicorn gives a worker that could not boot / could not load the app.
@@ -167,6 +216,7 @@ class Machine:
     ever_ready: bool = False
     halted: bool = False
     recycles: int = 0  # workers retired because they asked to be replaced
+    last_traffic: float = float("-inf")  # when a worker last reported a new request
     _out: list[Action] = field(default_factory=list)
 
     # -- views ---------------------------------------------------------------------------
@@ -232,10 +282,13 @@ class Machine:
             return
         w.state, w.since = WorkerState.READY, now
         self.ever_ready = True
-        if self.rollout is not None and w.generation == self.rollout.generation:
+        roll = self.rollout
+        if roll is not None and w.generation == roll.generation:
             new_ready = self._new_ready()
             self._log("info", f"worker {pid} ready: {new_ready}/{self.target} "
                               f"workers on generation {w.generation}")
+            if roll.canary is None:
+                self._watch_canary(now, roll, w)
 
     def recycle_requested(self, now: float, pid: int, reason: str,
                           overdue: bool = False) -> None:
@@ -252,11 +305,16 @@ class Machine:
             w.recycle = reason
             self._log("info", f"worker {pid} asks to be replaced ({reason})")
 
-    def counted(self, pid: int, outcomes: Outcomes) -> None:
+    def counted(self, now: float, pid: int, outcomes: Outcomes) -> None:
         """A worker's request counts since it started."""
         w = self.workers.get(pid)
         if w is not None:
+            if outcomes.requests > w.outcomes.requests:
+                self.last_traffic = now
             w.outcomes = outcomes
+            judged = self.last_rollout.canary if self.last_rollout is not None else None
+            if judged is not None and judged.pid == pid:
+                judged.window = outcomes - judged.base  # what it served until it left
 
     def failed(self, pid: int, cause: str) -> None:
         """The worker reported why it cannot boot; its exit follows."""
@@ -297,12 +355,25 @@ class Machine:
         else:
             self._log("warning", f"worker {pid} {description}")
 
+    def _watch_canary(self, now: float, roll: Rollout, w: Worker) -> None:
+        """The first new worker READY: hold the roll until the canary has a verdict."""
+        policy = self.policy.canary
+        old = [o for o in self._live(WorkerState.READY) if o.generation != roll.generation]
+        if policy is None or roll.is_rollback or not old:
+            return  # a handoff's first workers have no old workers to be compared with
+        roll.canary = Canary(w.pid, now, w.outcomes, {o.pid: o.outcomes for o in old})
+        self._out.append(CanaryWindow(w.pid, len(old) + 1))
+        self._log("info", f"canary: worker {w.pid} of generation {w.generation} holds the "
+                          f"roll until it answered {policy.requests} requests or "
+                          f"{policy.seconds:g}s passed")
+
     # -- decisions -----------------------------------------------------------------------
 
     def tick(self, now: float, target: int) -> list[Action]:
         self.target = target
         self._forgive(now)
         self._enforce_deadlines(now)
+        self._judge_canary(now)
         self._maybe_succeed(now)
         self._retire_surplus(now)
         self._retire_overdue(now)
@@ -334,6 +405,44 @@ class Machine:
                     and now - w.since > self.policy.graceful_timeout):
                 self._kill(now, w, f"still draining after {self.policy.graceful_timeout:g}s")
 
+    def _judge_canary(self, now: float) -> None:
+        roll = self.rollout
+        c = roll.canary if roll is not None else None
+        policy = self.policy.canary
+        if roll is None or c is None or c.verdict is not None or policy is None:
+            return
+        w = self.workers.get(c.pid)
+        if w is None or w.state is not WorkerState.READY:
+            return  # its exit is judged as any new worker's (a crash aborts the roll)
+        c.window = w.outcomes - c.base
+        old = Outcomes()
+        for pid, base in c.old_base.items():
+            o = self.workers.get(pid)
+            if o is not None:
+                old = old + (o.outcomes - base)
+        c.old_window = old
+        verdict = canary_verdict.decide(c.window, old, elapsed=now - c.started,
+                                        idle=now - max(self.last_traffic, c.started),
+                                        policy=policy)
+        if verdict is None:
+            return
+        c.verdict = verdict
+        self._out.append(CanaryWindow(None))
+        share = f"{c.share:.0%} of the window's {c.window.requests + old.requests} requests"
+        if verdict.result is canary_verdict.Result.FAILED:
+            # The canary is the roll's surge: no old worker was retired, nothing to refill.
+            # Any other new worker READY (a roll that also filled a missing slot) runs the
+            # same code: retired with it.
+            for new in self._live(WorkerState.READY):
+                if new.generation == roll.generation:
+                    new.state, new.since = WorkerState.DRAINING, now
+                    self._out.append(Retire(new.pid))
+            self._abort(now, f"canary failed: {verdict.summary}")
+        elif verdict.result is canary_verdict.Result.PASSED:
+            self._log("info", f"canary passed: {verdict.summary} (it served {share})")
+        else:
+            self._log("warning", f"canary not judged: {verdict.summary}; the roll goes on")
+
     def _maybe_succeed(self, now: float) -> None:
         roll = self.rollout
         if roll is None:
@@ -344,6 +453,8 @@ class Machine:
             self._finish(now, Result.SUCCEEDED, None)
 
     def _retire_surplus(self, now: float) -> None:
+        if self.rollout is not None and self.rollout.holding:
+            return
         ready = self._live(WorkerState.READY)
         surplus = len(ready) - self.target
         if self.policy.max_draining is not None:
@@ -390,6 +501,8 @@ class Machine:
     def _spawn(self, now: float) -> None:
         busy = self.ready_count + self.booting_count + self.pending_spawns
         roll = self.rollout
+        if roll is not None and roll.holding:
+            return
         if roll is not None:
             new = self.pending_spawns + sum(
                 1 for w in self.workers.values()
@@ -471,6 +584,8 @@ class Machine:
         roll = self.rollout
         assert roll is not None
         self._observe()
+        if roll.holding:
+            self._out.append(CanaryWindow(None))  # ended (superseded, aborted) before a verdict
         roll.result, roll.error, roll.finished = result, error, now
         self.rollout = None
         if roll.is_rollback:
@@ -503,23 +618,23 @@ class Machine:
 
     # -- status --------------------------------------------------------------------------
 
-    def counts(self) -> dict[str, dict[str, int]]:
-        """Each worker's request counts since it started (pid as text): the part of the
-        status that changes with every request, written at a slower pace."""
-        return {str(w.pid): w.outcomes.as_dict()
-                for w in sorted(self.workers.values(), key=lambda w: w.spawned)}
-
-    def describe(self, wall: Callable[[float], str | None]) -> dict[str, Any]:
-        """The machine's part of the status file; `wall` turns clock values into ISO times."""
+    def describe(self, wall: Callable[[float], str | None],
+                 counters: bool = True) -> dict[str, Any]:
+        """The machine's part of the status file; `wall` turns clock values into ISO times.
+        `counters`: with the request counts (per worker, and the canary's), which change
+        with every request; without them the rest can be compared cheaply."""
 
         def record(r: Rollout | None) -> dict[str, Any] | None:
             if r is None:
                 return None
-            return {"generation": r.generation, "reload": r.reload,
-                    "result": None if r.result is None else str(r.result),
-                    "error": r.error, "min_ready": r.min_ready,
-                    "started": wall(r.started),
-                    "finished": None if r.finished is None else wall(r.finished)}
+            out: dict[str, Any] = {
+                "generation": r.generation, "reload": r.reload,
+                "result": None if r.result is None else str(r.result),
+                "error": r.error, "min_ready": r.min_ready, "started": wall(r.started),
+                "finished": None if r.finished is None else wall(r.finished)}
+            if r.canary is not None:
+                out["canary"] = r.canary.describe(counters)
+            return out
 
         current = record(self.rollout)
         if current is not None and self.rollout is not None:
@@ -540,7 +655,8 @@ class Machine:
             "workers_target": self.target,
             "reloads": self.reloads,
             "workers": [{"pid": w.pid, "generation": w.generation, "state": str(w.state),
-                         "since": wall(w.since), "recycle": w.recycle}
+                         "since": wall(w.since), "recycle": w.recycle,
+                         **({"requests": w.outcomes.as_dict()} if counters else {})}
                         for w in sorted(self.workers.values(), key=lambda w: w.spawned)],
             "recycles": self.recycles,
             "rollout": current,

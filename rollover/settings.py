@@ -52,6 +52,13 @@ def _optional(name: str, value: Any, parse: Callable[[], float]) -> float | None
     return parse()
 
 
+def _fraction(name: str, value: Any) -> float:
+    number = _number(name, value, minimum=0)
+    if number >= 1:
+        raise SettingsError(f"{name} must be a fraction below 1 (0.2: 20 points), got {value!r}")
+    return number
+
+
 def _path(name: str, value: Any) -> str | None:
     if value is None or value == "":
         return None
@@ -104,6 +111,16 @@ class Settings:
     """Seconds of serving after which a worker is replaced, new-ready-first."""
     max_worker_age_jitter: float | None
     """Up to this many seconds are added to each worker's max age (default: a tenth of it)."""
+    canary: bool
+    """Hold each roll at its first new worker until it is judged against the old ones."""
+    canary_requests: int
+    """The canary's verdict comes once it answered this many requests..."""
+    canary_seconds: float
+    """...or once this many seconds passed."""
+    canary_threshold: float
+    """It fails when its share of 5xx exceeds the old workers' by more than this."""
+    canary_min_failures: int
+    """...with at least this many 5xx (or failed requests)."""
 
     @property
     def summary(self) -> str:
@@ -153,6 +170,23 @@ _SPECS: dict[str, tuple[Callable[[str, Any], Any], Callable[[Any], Any]]] = {
     "max_worker_age": (
         lambda n, v: _optional(n, v, lambda: _number(n, v, minimum=1)),
         lambda cfg: None,
+    ),
+    "canary": (_bool, lambda cfg: True),
+    "canary_requests": (
+        lambda n, v: int(_number(n, v, minimum=1, integer=True)),
+        lambda cfg: 50,
+    ),
+    "canary_seconds": (
+        lambda n, v: _number(n, v, minimum=0.5),
+        lambda cfg: 10.0,
+    ),
+    "canary_threshold": (
+        lambda n, v: _fraction(n, v),
+        lambda cfg: 0.2,
+    ),
+    "canary_min_failures": (
+        lambda n, v: int(_number(n, v, minimum=1, integer=True)),
+        lambda cfg: 5,
     ),
     "max_worker_age_jitter": (
         lambda n, v: None if v is None or v == "" else _number(n, v, minimum=0),

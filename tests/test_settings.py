@@ -82,6 +82,8 @@ def test_every_setting_has_a_documented_name() -> None:
         "rollover_probe_path",
         "rollover_reexec_python", "rollover_drain", "rollover_recycle",
         "rollover_max_worker_rss", "rollover_max_worker_age", "rollover_max_worker_age_jitter",
+        "rollover_canary", "rollover_canary_requests", "rollover_canary_seconds",
+        "rollover_canary_threshold", "rollover_canary_min_failures",
     }
 
 

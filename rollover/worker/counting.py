@@ -6,6 +6,10 @@ count, which nothing here needs exact). WSGI: the status passed to `start_respon
 outcome; an app that raises is `failed` (the iterable is not wrapped, so gunicorn's
 sendfile path stays). ASGI (`http` scopes only): the status of `http.response.start`; an
 app that raises, or returns without a response, is `failed`.
+
+`close`, when given, is asked once per request whether this response should close its
+connection (`rollover.worker.spread`: sending clients toward the canary): WSGI through
+gunicorn's `Response.force_close()`, ASGI with a ``Connection: close`` header.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from rollover.outcomes import Outcomes
+
+CLOSE_HEADER = (b"connection", b"close")
 
 __all__ = ["Tally", "counted_asgi", "counted_wsgi"]
 
@@ -44,7 +50,11 @@ def _status_code(status: Any) -> int:
         return 500
 
 
-def counted_wsgi(app: Callable[..., Iterable[bytes]], tally: Tally) -> Callable[..., Any]:
+Close = Callable[[], bool]
+
+
+def counted_wsgi(app: Callable[..., Iterable[bytes]], tally: Tally,
+                 close: Close | None = None) -> Callable[..., Any]:
     def counted(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         tally.requests += 1
         answered = False
@@ -54,6 +64,12 @@ def counted_wsgi(app: Callable[..., Iterable[bytes]], tally: Tally) -> Callable[
             if not answered:  # a second call (exc_info) replaces the first answer
                 answered = True
                 tally.answered(_status_code(status))
+                if close is not None and close():
+                    # gunicorn drops an app's Connection header: close through its Response
+                    force_close = getattr(getattr(start_response, "__self__", None),
+                                          "force_close", None)
+                    if force_close is not None:
+                        force_close()
             return start_response(status, headers, exc_info)
 
         try:
@@ -67,8 +83,19 @@ def counted_wsgi(app: Callable[..., Iterable[bytes]], tally: Tally) -> Callable[
     return counted
 
 
-def counted_asgi(app: Callable[..., Any], tally: Tally) -> Callable[..., Any]:
+def counted_asgi(app: Callable[..., Any], tally: Tally, close: Close | None = None,
+                 shutdown: Callable[[], None] | None = None) -> Callable[..., Any]:
+    """`shutdown`: called when the app's lifespan shutdown completes (the last moment
+    some servers leave before they end the process by a signal)."""
+
     async def counted(scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if scope.get("type") == "lifespan" and shutdown is not None:
+            async def lifespan_send(message: dict[str, Any]) -> None:
+                if str(message.get("type", "")).startswith("lifespan.shutdown."):
+                    shutdown()
+                await send(message)
+
+            return await app(scope, receive, lifespan_send)
         if scope.get("type") != "http":
             return await app(scope, receive, send)
         tally.requests += 1
@@ -79,6 +106,10 @@ def counted_asgi(app: Callable[..., Any], tally: Tally) -> Callable[..., Any]:
             if not answered and message.get("type") == "http.response.start":
                 answered = True
                 tally.answered(int(message.get("status", 500)))
+                if close is not None and close():
+                    headers = list(message.get("headers") or ())
+                    if not any(name.lower() == b"connection" for name, _ in headers):
+                        message = {**message, "headers": [*headers, CLOSE_HEADER]}
             await send(message)
 
         try:

@@ -56,13 +56,14 @@ from typing import Any
 __all__ = ["CANCEL_GRACE", "CLOSE_HEADER", "SUMMARY", "DrainState", "StreamTracker",
            "drain_deadline", "graceful_timeout", "stop_accepting"]
 
+from rollover.worker.counting import CLOSE_HEADER
+
 logger = logging.getLogger(__name__)
 
 # What a draining worker does, in the master's start-up line.
 SUMMARY = ("Connection: close while draining, websockets 1012, "
            "event streams ended at the drain deadline")
 
-CLOSE_HEADER = (b"connection", b"close")
 
 # How long after the drain deadline ended streams get to finish before the rest is cancelled.
 CANCEL_GRACE = 0.5

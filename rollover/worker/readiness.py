@@ -41,8 +41,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from rollover.gunicorn_compat import raw_read
 from rollover.probe import describe_exception, probe_asgi, probe_wsgi
-from rollover.worker import recycle
+from rollover.worker import recycle, spread
 from rollover.worker.counting import Tally, counted_asgi, counted_wsgi
+from rollover.worker.spread import Spreader
 
 if TYPE_CHECKING:
     from rollover.settings import Settings
@@ -85,6 +86,7 @@ class Channel:
         self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         # Workers must never block on a full pipe: they drop the message instead.
         _write_fd = self.write_fd
+        spread.create()  # the canary window's board, shared with every worker forked
         self._buffer = b""
 
     def fileno(self) -> int:
@@ -281,14 +283,16 @@ def with_readiness(worker_class: type, interface: Interface | None) -> type:
                 if cause is not None:
                     self._rollover_probe_failed(cause)
             # count requests from here on (the probe's is not one), and report the counts
-            tally = self._rollover_tally
+            tally, close = self._rollover_tally, Spreader().should_close
+            reporter = recycle.Reporter(self, tally, self._rollover_limits, report)
             if interface == "uvicorn":
-                self.config.loaded_app = counted_asgi(self.config.loaded_app, tally)
+                self.config.loaded_app = counted_asgi(self.config.loaded_app, tally, close,
+                                                      reporter.last_counts)
             elif self._rollover_asgi:
-                self.asgi = counted_asgi(self.asgi, tally)
+                self.asgi = counted_asgi(self.asgi, tally, close, reporter.last_counts)
             else:
-                self.wsgi = counted_wsgi(self.wsgi, tally)
-            recycle.Reporter(self, tally, self._rollover_limits, report).start()
+                self.wsgi = counted_wsgi(self.wsgi, tally, close)
+            reporter.start()
             super().run()
 
         def _rollover_probe_timeout(self) -> float:

@@ -24,6 +24,7 @@ may be lost: asking again is how it is answered).
 
 from __future__ import annotations
 
+import atexit
 import random
 import sys
 import threading
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from rollover.outcomes import Outcomes
 from rollover.worker.counting import Tally
 
 if TYPE_CHECKING:
@@ -116,9 +118,18 @@ class Reporter:
         self.limits = limits
         self.started = time.monotonic()
         self._process = psutil.Process() if limits.max_rss is not None else None
+        self._sent: Outcomes | None = None
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="rollover-reporter", daemon=True).start()
+        atexit.register(self.last_counts)
+
+    def last_counts(self) -> None:
+        """At the worker's exit (atexit; uvicorn's, which ends by re-raising SIGTERM, calls
+        it at lifespan shutdown): what it served since the last report."""
+        counts = self.tally.snapshot()
+        if counts != self._sent:
+            self.send("counts", counts.encode())
 
     def _rss(self) -> int | None:
         if self._process is None:
@@ -130,14 +141,13 @@ class Reporter:
 
     def _run(self) -> None:
         tick = threading.Event()
-        sent = None
         next_ask = 0.0
         while getattr(self.worker, "alive", True):
             tick.wait(COUNTS_EVERY)
             counts = self.tally.snapshot()
-            if counts != sent:
+            if counts != self._sent:
                 self.send("counts", counts.encode())
-                sent = counts
+                self._sent = counts
             now = time.monotonic()
             if self.limits.any and now >= next_ask:
                 ask = due(self.limits, counts.requests, self._rss(), now - self.started)

@@ -1,0 +1,61 @@
+"""Sending keep-alive clients toward the canary: a board the master writes, workers read.
+
+A keep-alive client stays on the worker it is connected to; behind a proxy with upstream
+keep-alive, a new worker may see no new connection for a long time. While the canary's
+window is open, every old worker answers one in `every` (the old workers + 1) of its
+requests with ``Connection: close``: its clients reconnect, and the accepts spread over
+all workers, the canary included.
+
+The board is a few bytes of anonymous shared memory, mapped by the master before it forks
+any worker (so every worker shares it): bytes 0-3 the canary's pid, byte 4 `every` (0:
+the window is closed). A worker reads one byte per request: no syscall.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+
+__all__ = ["Spreader", "close_window", "create", "open_window"]
+
+_FORMAT = "<IB"
+_board: mmap.mmap | None = None
+
+
+def create() -> None:
+    """Master side, before the first fork."""
+    global _board
+    if _board is None:
+        _board = mmap.mmap(-1, struct.calcsize(_FORMAT))  # MAP_SHARED | MAP_ANONYMOUS
+
+
+def open_window(canary: int, every: int) -> None:
+    if _board is not None:
+        struct.pack_into(_FORMAT, _board, 0, canary, max(2, min(every, 255)))
+
+
+def close_window() -> None:
+    if _board is not None:
+        struct.pack_into(_FORMAT, _board, 0, 0, 0)
+
+
+class Spreader:
+    """Worker side: `should_close()` for each request, true for one in `every` of them
+    while the window is open and this worker is not the canary."""
+
+    __slots__ = ("_count", "_pid")
+
+    def __init__(self) -> None:
+        self._pid = os.getpid()
+        self._count = 0
+
+    def should_close(self) -> bool:
+        board = _board
+        if board is None or not board[4]:
+            return False
+        canary, every = struct.unpack_from(_FORMAT, board)
+        if canary == self._pid or not every:
+            return False
+        self._count += 1
+        return self._count % every == 0
