@@ -199,8 +199,15 @@ class Server:
                 str(self.workers),
                 "--timeout-graceful-shutdown",
                 f"{self.graceful_timeout:g}",
-                "--timeout-worker-healthcheck",
-                str(READY_TIMEOUT),
+                # Recycling: uvicorn's default healthcheck (5 s). Its supervisor pings one
+                # worker at a time and waits this long for an answer; a worker pinged as it
+                # exits at its limit never answers, and meanwhile no exited worker is
+                # restarted: with 60 s every worker ran out in the window (see README).
+                *(
+                    []
+                    if self.max_requests > 0
+                    else ["--timeout-worker-healthcheck", str(READY_TIMEOUT)]
+                ),
                 "--no-access-log",
                 *self._limit_args("--limit-max-requests"),
             ]
