@@ -33,8 +33,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
 from rollover.outcomes import Outcomes
 from rollover.worker.counting import Tally
 
@@ -117,7 +115,11 @@ class Reporter:
         self.tally = tally
         self.limits = limits
         self.started = time.monotonic()
-        self._process = psutil.Process() if limits.max_rss is not None else None
+        self._process: Any = None
+        if limits.max_rss is not None:
+            import psutil  # only where a memory limit is set
+
+            self._process = psutil.Process()
         self._sent: Outcomes | None = None
 
     def start(self) -> None:
@@ -136,7 +138,7 @@ class Reporter:
             return None
         try:
             return int(self._process.memory_info().rss)
-        except psutil.Error:
+        except Exception:  # psutil.Error: the process is ending
             return None
 
     def _run(self) -> None:
