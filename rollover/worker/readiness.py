@@ -282,8 +282,20 @@ def with_readiness(worker_class: type, interface: Interface | None) -> type:
                                    timeout=self._rollover_probe_timeout())
                 if cause is not None:
                     self._rollover_probe_failed(cause)
-            # count requests from here on (the probe's is not one), and report the counts
-            tally, close = self._rollover_tally, Spreader().should_close
+            if self._rollover_counts():
+                self._rollover_start_counting()
+            super().run()
+
+        def _rollover_counts(self) -> bool:
+            """Requests are counted for the canary and for the recycling limits."""
+            return (settings is not None and settings.canary) or self._rollover_limits.any
+
+        def _rollover_start_counting(self) -> None:
+            """Count requests from here on (the probe's is not one), and report the counts;
+            while a canary window is open, send some keep-alive clients toward it."""
+            tally = self._rollover_tally
+            close = Spreader().should_close if settings is not None and settings.canary \
+                else None
             reporter = recycle.Reporter(self, tally, self._rollover_limits, report)
             if interface == "uvicorn":
                 self.config.loaded_app = counted_asgi(self.config.loaded_app, tally, close,
@@ -293,7 +305,6 @@ def with_readiness(worker_class: type, interface: Interface | None) -> type:
             else:
                 self.wsgi = counted_wsgi(self.wsgi, tally, close)
             reporter.start()
-            super().run()
 
         def _rollover_probe_timeout(self) -> float:
             ready_timeout = settings.ready_timeout if settings is not None else 30.0
