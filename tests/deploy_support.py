@@ -105,6 +105,7 @@ def write_source(
     boot_delay: float = BOOT_DELAY,
     error: str | None = None,
     live_only_error: str | None = None,
+    live_only_status: str | None = None,
     lazy: bool = False,
 ) -> Path:
     """A release source: the harness's WSGI test app plus requirements.txt.
@@ -123,6 +124,19 @@ def write_source(
             f"if os.environ.get('APP_STAGE') == 'live':\n"
             f"    raise RuntimeError({live_only_error!r})\n",
         )
+        app.path.write_text(text, encoding="utf-8")
+    if live_only_status is not None:
+        # boots fine and passes the probe (/healthz), but answers `live_only_status` on
+        # every other path when APP_STAGE=live: what only the canary catches
+        text = app.path.read_text(encoding="utf-8")
+        text = text.replace(
+            "time.sleep(BOOT_DELAY)\n",
+            "time.sleep(BOOT_DELAY)\n"
+            f"STATUS = {live_only_status!r} if os.environ.get('APP_STAGE') == 'live' "
+            f"else '200 OK'\n",
+        ).replace('start_response("200 OK",',
+                  'start_response(STATUS if environ.get("PATH_INFO") != "/healthz" '
+                  'else "200 OK",')
         app.path.write_text(text, encoding="utf-8")
     if lazy:
         write_lazy_package(directory, version)

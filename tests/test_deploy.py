@@ -157,6 +157,23 @@ def test_live_failure_rolls_back(host: Host) -> None:
     assert meta["note"].startswith("rolled back")
 
 
+def test_failed_canary_rolls_back(host: Host) -> None:
+    """Boots, passes the preflight and the probe, answers 500: the canary stops the roll
+    and the deploy flips the release back."""
+    live = current_release(host.root)
+    with Load(host.port, clients=CLIENTS, keepalive=False, think=THINK) as load:
+        load.wait_requests(30)
+        result = host.deploy("answers-500", live_only_status="500 Internal Server Error")
+        done_at = time.monotonic()
+        load.wait_requests(30, after=done_at)
+    print(f"\n[deploy failed canary] {result.seconds:.1f}s, {load.describe()}\n"
+          f"{result.proc.stderr}")
+    assert result.rc == deploy.EXIT_ROLLED_BACK, str(result)
+    assert "canary failed: canary answered" in result.json["error"], result.json
+    assert current_release(host.root) == live
+    assert set(load.versions_after(done_at)) == {live}
+
+
 def test_gunicorn_change_uses_usr2_handoff(host: Host) -> None:
     old_pid = host.master.live_pid()
     old_workers = host.workers()
