@@ -15,12 +15,13 @@ errors on paths the canary happened not to serve, or a failure rate below the th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from rollover.outcomes import Outcomes
 
-__all__ = ["CanaryPolicy", "Result", "Verdict", "decide"]
+__all__ = ["Canary", "CanaryPolicy", "Result", "Verdict", "decide"]
 
 
 class Result(StrEnum):
@@ -83,3 +84,34 @@ def decide(canary: Outcomes, old: Outcomes, *, elapsed: float, idle: float,
     why = (f"no request for {idle:.1f}s" if idle >= policy.idle
            else f"fewer than {policy.min_requests} requests in {policy.seconds:g}s")
     return Verdict(Result.NOT_JUDGED, f"{text}: {why}")
+
+
+@dataclass
+class Canary:
+    """The first new worker of a roll, watched over a window before the roll goes on (the
+    machine's record of it, in its `Rollout`)."""
+
+    pid: int
+    started: float
+    base: Outcomes  # its counts when it became READY
+    old_base: dict[int, Outcomes]  # the old workers' counts then
+    window: Outcomes = field(default_factory=Outcomes)
+    old_window: Outcomes = field(default_factory=Outcomes)
+    verdict: Verdict | None = None
+
+    @property
+    def share(self) -> float:
+        """The canary's share of the requests served in the window."""
+        total = self.window.requests + self.old_window.requests
+        return self.window.requests / total if total else 0.0
+
+    def describe(self, counters: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "pid": self.pid,
+            "verdict": None if self.verdict is None else str(self.verdict.result),
+            "summary": None if self.verdict is None else self.verdict.summary}
+        if counters or self.verdict is not None:
+            out.update(requests=self.window.requests, failures=self.window.errors,
+                       share=round(self.share, 3), old_requests=self.old_window.requests,
+                       old_failures=self.old_window.errors)
+        return out

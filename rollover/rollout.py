@@ -28,7 +28,7 @@ from enum import StrEnum
 from typing import Any
 
 from rollover import canary as canary_verdict
-from rollover.canary import CanaryPolicy, Verdict
+from rollover.canary import Canary, CanaryPolicy
 from rollover.outcomes import Outcomes
 
 
@@ -140,36 +140,6 @@ class Worker:
     recycle: str | None = None  # why it asked to be replaced (max_requests, rss, age)
     overdue: bool = False  # far past that limit: retired even without a replacement
     outcomes: Outcomes = field(default_factory=Outcomes)  # its requests, as last reported
-
-
-@dataclass
-class Canary:
-    """The first new worker of a roll, watched over a window before the roll goes on."""
-
-    pid: int
-    started: float
-    base: Outcomes  # its counts when it became READY
-    old_base: dict[int, Outcomes]  # the old workers' counts then
-    window: Outcomes = field(default_factory=Outcomes)
-    old_window: Outcomes = field(default_factory=Outcomes)
-    verdict: Verdict | None = None
-
-    @property
-    def share(self) -> float:
-        """The canary's share of the requests served in the window."""
-        total = self.window.requests + self.old_window.requests
-        return self.window.requests / total if total else 0.0
-
-    def describe(self, counters: bool = True) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "pid": self.pid,
-            "verdict": None if self.verdict is None else str(self.verdict.result),
-            "summary": None if self.verdict is None else self.verdict.summary}
-        if counters or self.verdict is not None:
-            out.update(requests=self.window.requests, failures=self.window.errors,
-                       share=round(self.share, 3), old_requests=self.old_window.requests,
-                       old_failures=self.old_window.errors)
-        return out
 
 
 @dataclass
