@@ -270,8 +270,12 @@ def markdown(
         f"closed-loop aiohttp clients ({cfg['keepalive_clients']} keep-alive, "
         f"{cfg['clients'] - cfg['keepalive_clients']} new connection per request), "
         f"{cfg['think'] * 1000:g} ms think time, {cfg['timeout']:g} s request timeout; "
-        f"HUP {cfg['hup_at']:g} s into the load ({cfg['warmup']:g} s warm-up excluded); "
-        f"graceful timeout {cfg['graceful_timeout']:g} s for every server.",
+        + (
+            f"HUP {cfg['hup_at']:g} s into the load ({cfg['warmup']:g} s warm-up excluded); "
+            if results
+            else f"{cfg['warmup']:g} s warm-up excluded; "
+        )
+        + f"graceful timeout {cfg['graceful_timeout']:g} s for every server.",
         "",
         f"Command: `{meta['command']}` ({meta.get('elapsed_s', 0):g} s; load average "
         f"{machine['loadavg_at_start'][0]:g} at the start, "
