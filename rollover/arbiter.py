@@ -560,7 +560,7 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
         try:
             self._write_status_file()
         finally:  # after the file: a READY=1 finds the status saying so
-            self.notifier.update(self.machine.describe(lambda t: None))
+            self.notifier.update(lambda: self.machine.describe(lambda t: None))
 
     def _write_status_file(self) -> None:
         path = self._status_path()

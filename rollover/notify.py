@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -138,10 +139,11 @@ class Notifier:
         self.log = log
         self.sent = Sent(mainpid=mainpid)
 
-    def update(self, described: dict[str, Any]) -> None:
+    def update(self, describe: Callable[[], dict[str, Any]]) -> None:
+        """`describe`: the master's `Machine.describe` output (only called with a socket)."""
         if not self.address:
             return
-        message, self.sent = decide(self.sent, view(described))
+        message, self.sent = decide(self.sent, view(describe()))
         if message is not None:
             send(self.address, message, self.log)
 

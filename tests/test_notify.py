@@ -250,3 +250,20 @@ def test_usr2_handoff_mainpid_and_status_file(
     wait_for(lambda: not pid_alive(int(new_pid)), 30, what="the new master to exit")
     listener.wait(lambda t: "STOPPING=1" in t, 5, "STOPPING=1 of the new master", after=k)
     assert not master.status_path.exists()
+
+
+def test_when_ready_fallback_says_gunicorns_ready_went_out_early(
+        make_app: Callable[..., AppCode], masters: Callable[..., Master],
+        listener: Listener, tmp_path: Path) -> None:
+    app = make_app()
+    app.write("v1", boot_delay=0.2)
+    config = tmp_path / "gunicorn.conf.py"
+    config.write_text("from rollover.hooks import *  # noqa\n\n"
+                      "def on_starting(server):  # replaces rollover's, unchained\n"
+                      "    pass\n")
+    master = masters(app, workers=2, config=str(config),
+                     env={"NOTIFY_SOCKET": listener.address})
+    listener.wait(lambda t: "Gunicorn arbiter booted" in t, 20, "gunicorn's own READY=1")
+    master.wait_serving()
+    wait_for(lambda: "activated in when_ready, after gunicorn sent systemd READY=1"
+             in master.log_text(), 10, what="the warning", on_timeout=master.tail)
