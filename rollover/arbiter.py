@@ -33,10 +33,10 @@ from rollover import (
     exits,
     gunicorn_compat,
     imports_graph,
-    notify,
     pinning,
     refresh,
     rollout,
+    service,
     settings,
     status,
 )
@@ -46,7 +46,7 @@ from rollover.worker import readiness
 HOOK_NAMES = ("on_starting", "when_ready")
 
 
-class RollingArbiter(gunicorn_compat.Loop, Arbiter):
+class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
     """A gunicorn `Arbiter` whose HUP is a rolling, ready-checked, abortable reload."""
 
     # gunicorn's own attributes this class uses (gunicorn has no type hints)
@@ -73,11 +73,7 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
         # pid -> why rollover (or a stop) signalled it: its exit is planned, logged at INFO
         self._planned: dict[int, str] = {}
         self._stopping = False
-        # systemd's notify socket, out of the environment before gunicorn's premature
-        # READY=1 (end of start()) and before workers inherit it (rollover.notify)
-        handoff = bool(self.master_pid or os.environ.get("GUNICORN_PID"))
-        self.notifier = notify.Notifier(notify.take_socket(), self.log,
-                                        mainpid=os.getpid() if handoff else None)
+        self._service_init()  # systemd notify (before gunicorn's READY=1), status cleanup
         _register_fork_cleanup(self)
         self.machine = rollout.Machine(self._policy(), target=self.num_workers)
         self._extend_worker_class(announce=True)
@@ -219,6 +215,7 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
             self._previous = None  # a roll succeeded: its generation is the serving one
         self._emit_metrics()
         self._write_status()
+        self._notify_progress()  # after the status: a READY=1 finds the file saying so
 
     def _emit_metrics(self) -> None:
         count = len(self.WORKERS)
@@ -274,16 +271,7 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
         # from here on workers exit because the master stops: no HaltServer from reaping
         # them (gunicorn's halt() is what called this; a second halt would exit 1)
         self._stopping = True
-        if not (self.reexec_pid or self.master_pid):  # not when one side of a USR2 handoff
-            self.notifier.stopping()
         super().stop(graceful)
-
-    def halt(self, reason: Any = None, exit_status: int = 0) -> None:
-        try:
-            super().halt(reason, exit_status)  # exits
-        finally:  # a clean exit takes its status file away (unless a new master's)
-            if exit_status == 0:
-                status.remove_own(self._status_path(), self.pid)
 
     def kill_workers(self, sig: int) -> None:
         # gunicorn's stop() (TERM/QUIT, then KILL past graceful_timeout) and reload paths
@@ -483,9 +471,7 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
         # $PWD naming it, so the new master captures <root>/current in turn.
         cwd = self.START_CTX.get("cwd")
         env = self.cfg.env_orig
-        saved_pwd, saved_notify = env.get("PWD"), env.get(notify.ENV)
-        if self.notifier.address:  # the new master notifies too (a HUP's Config lacks it)
-            env[notify.ENV] = self.notifier.address
+        saved_pwd = env.get("PWD")
         if isinstance(cwd, str):
             cwd = pinning.unresolve(cwd, self._start_links)
             self.START_CTX["cwd"] = cwd
@@ -493,11 +479,10 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
         try:
             super().reexec()
         finally:  # in the old master (the child execs)
-            for key, saved in (("PWD", saved_pwd), (notify.ENV, saved_notify)):
-                if saved is None:
-                    env.pop(key, None)
-                else:
-                    env[key] = saved
+            if saved_pwd is None:
+                env.pop("PWD", None)
+            else:
+                env["PWD"] = saved_pwd
 
     def _revert(self, generation: int) -> None:
         """An aborted roll: fork the serving generation's config again (its rollover
@@ -557,12 +542,6 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
         return path
 
     def _write_status(self) -> None:
-        try:
-            self._write_status_file()
-        finally:  # after the file: a READY=1 finds the status saying so
-            self.notifier.update(lambda: self.machine.describe(lambda t: None))
-
-    def _write_status_file(self) -> None:
         path = self._status_path()
         if path is None or getattr(self, "pid", None) is None:
             return  # no status file, or built directly and not started yet
