@@ -514,33 +514,6 @@ class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
 
     # -- status ------------------------------------------------------------------------------
 
-    def maybe_promote_master(self) -> None:
-        before = self._status_path()
-        handed_over = self.master_pid != 0
-        super().maybe_promote_master()
-        after = self._status_path()
-        if before is not None and before != after:
-            # promoted after USR2: the status moves with the pidfile
-            with contextlib.suppress(OSError):
-                os.unlink(before)
-            self._write_status()
-        if (handed_over and self.master_pid == 0
-                and getattr(self, "_control_server", None) is not None):
-            # the old master removed the control socket's path on its way out (gunicorn
-            # 25.3+ unlinks it in halt()): listen on it anew
-            with contextlib.suppress(Exception):
-                self._stop_control_server()
-                self._start_control_server()
-
-    def _status_path(self) -> str | None:
-        """The configured path; the default follows the pidfile gunicorn really writes,
-        which is `<pidfile>.2` for a master started by USR2 until it is promoted."""
-        path = self.settings.status_path
-        if (path is not None and self.pidfile is not None and self.cfg.pidfile
-                and path == status.default_status_path(self.cfg.pidfile)):
-            return status.default_status_path(self.pidfile.fname)
-        return path
-
     def _write_status(self) -> None:
         path = self._status_path()
         if path is None or getattr(self, "pid", None) is None:

@@ -10,10 +10,13 @@ file's removal on a clean exit, mixed into `RollingArbiter` ahead of gunicorn's 
 - `stop`: STOPPING=1, unless one side of a USR2 handoff (the service goes on).
 - `reexec`: the USR2 child gets the socket back in its environment.
 - `halt`: exit status 0 removes the status file if it is still this master's.
+- `maybe_promote_master`: a USR2 master, promoted, moves its status file with the pidfile
+  and listens on gunicorn's control socket anew; `_status_path` follows the pidfile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -29,8 +32,10 @@ class Service:
     reexec_pid: int
     machine: Any
     notifier: notify.Notifier
+    pidfile: Any
+    settings: Any
 
-    def _status_path(self) -> str | None:
+    def _write_status(self) -> None:
         raise NotImplementedError
 
     def _service_init(self) -> None:
@@ -67,3 +72,31 @@ class Service:
         finally:  # a clean exit takes its status file away (unless a new master's)
             if exit_status == 0:
                 status.remove_own(self._status_path(), self.pid)
+
+    def maybe_promote_master(self) -> None:
+        before = self._status_path()
+        handed_over = self.master_pid != 0
+        super().maybe_promote_master()  # type: ignore[misc]
+        after = self._status_path()
+        if before is not None and before != after:
+            # promoted after USR2: the status moves with the pidfile
+            with contextlib.suppress(OSError):
+                os.unlink(before)
+            self._write_status()
+        if (handed_over and self.master_pid == 0
+                and getattr(self, "_control_server", None) is not None):
+            # the old master removed the control socket's path on its way out (gunicorn
+            # 25.3+ unlinks it in halt()): listen on it anew
+            arbiter: Any = self  # gunicorn's methods (25.3+), not declared here
+            with contextlib.suppress(Exception):
+                arbiter._stop_control_server()
+                arbiter._start_control_server()
+
+    def _status_path(self) -> str | None:
+        """The configured path; the default follows the pidfile gunicorn really writes,
+        which is `<pidfile>.2` for a master started by USR2 until it is promoted."""
+        path = self.settings.status_path
+        if (path is not None and self.pidfile is not None and self.cfg.pidfile
+                and path == status.default_status_path(self.cfg.pidfile)):
+            return status.default_status_path(self.pidfile.fname)
+        return path
