@@ -36,6 +36,7 @@ from rollover import (
     pinning,
     refresh,
     rollout,
+    service,
     settings,
     status,
 )
@@ -50,7 +51,7 @@ HOOK_NAMES = ("on_starting", "when_ready")
 COUNTS_EVERY = 1.0
 
 
-class RollingArbiter(gunicorn_compat.Loop, Arbiter):
+class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
     """A gunicorn `Arbiter` whose HUP is a rolling, ready-checked, abortable reload."""
 
     # gunicorn's own attributes this class uses (gunicorn has no type hints)
@@ -77,6 +78,7 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
         # pid -> why rollover (or a stop) signalled it: its exit is planned, logged at INFO
         self._planned: dict[int, str] = {}
         self._stopping = False
+        self._service_init()  # systemd notify (before gunicorn's READY=1), status cleanup
         _register_fork_cleanup(self)
         self.machine = rollout.Machine(self._policy(), target=self.num_workers)
         self._extend_worker_class(announce=True)
@@ -233,6 +235,7 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
             self._previous = None  # a roll succeeded: its generation is the serving one
         self._emit_metrics()
         self._write_status()
+        self._notify_progress()  # after the status: a READY=1 finds the file saying so
 
     def _emit_metrics(self) -> None:
         count = len(self.WORKERS)
@@ -358,6 +361,7 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
     def handle_hup(self) -> None:
         """Prepare the new generation (the only step that blocks the loop), then roll."""
         self.log.info("Hang up: %s", self.master_name)
+        self.notifier.reloading()
         gunicorn_compat.count_reload(self)
         started = time.monotonic()
         before = self._snapshot()
@@ -542,33 +546,6 @@ class RollingArbiter(gunicorn_compat.Loop, Arbiter):
                          generation)
 
     # -- status ------------------------------------------------------------------------------
-
-    def maybe_promote_master(self) -> None:
-        before = self._status_path()
-        handed_over = self.master_pid != 0
-        super().maybe_promote_master()
-        after = self._status_path()
-        if before is not None and before != after:
-            # promoted after USR2: the status moves with the pidfile
-            with contextlib.suppress(OSError):
-                os.unlink(before)
-            self._write_status()
-        if (handed_over and self.master_pid == 0
-                and getattr(self, "_control_server", None) is not None):
-            # the old master removed the control socket's path on its way out (gunicorn
-            # 25.3+ unlinks it in halt()): listen on it anew
-            with contextlib.suppress(Exception):
-                self._stop_control_server()
-                self._start_control_server()
-
-    def _status_path(self) -> str | None:
-        """The configured path; the default follows the pidfile gunicorn really writes,
-        which is `<pidfile>.2` for a master started by USR2 until it is promoted."""
-        path = self.settings.status_path
-        if (path is not None and self.pidfile is not None and self.cfg.pidfile
-                and path == status.default_status_path(self.cfg.pidfile)):
-            return status.default_status_path(self.pidfile.fname)
-        return path
 
     def _write_status(self) -> None:
         path = self._status_path()

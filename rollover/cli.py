@@ -1,6 +1,7 @@
 """`rollover`: look at a rollover master and ask it for a rolling reload.
 
     rollover status --pidfile /run/app/gunicorn.pid [--json]
+    ROLLOVER_PIDFILE=/run/app/gunicorn.pid rollover status   # the default --pidfile
     rollover reload --pidfile /run/app/gunicorn.pid [--wait [--timeout 300]]
     rollover deploy --pidfile /run/app/gunicorn.pid --root /srv/app --source DIR ...
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any, NoReturn
@@ -38,18 +40,23 @@ from rollover.status import default_status_path, parse_iso
 EXIT_OK = 0  # done; with --wait: the roll succeeded
 EXIT_ABORTED = 1  # reload --wait: the roll was aborted (the old workers keep serving)
 EXIT_ERROR = 2  # usage error, no such master, unreadable status, master exited meanwhile
-EXIT_TIMEOUT = 3  # reload --wait: the roll did not end within --timeout
+EXIT_TIMEOUT = 3  # reload --wait: the roll did not end within --timeout (it carries on)
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 DEFAULT_TIMEOUT = 300.0
+PIDFILE_ENV = "ROLLOVER_PIDFILE"
 
 EPILOG = f"""\
 exit codes:
   {EXIT_OK}    ok (reload --wait: the roll succeeded)
   {EXIT_ABORTED}    reload --wait: the roll was aborted, the old workers keep serving
   {EXIT_ERROR}    usage error, no such master, unreadable status, master exited meanwhile
-  {EXIT_TIMEOUT}    reload --wait: timed out waiting for the roll
+  {EXIT_TIMEOUT}    reload --wait: timed out waiting for the roll (the roll carries on in
+       the master; `rollover status` follows it)
   {EXIT_INTERRUPTED}  interrupted
+
+environment:
+  ROLLOVER_PIDFILE   the default of --pidfile
 """
 
 
@@ -194,7 +201,9 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line like every other error."""
 
     def error(self, message: str) -> NoReturn:
-        error(f"{message} (see 'rollover --help')")
+        if message.startswith("the following arguments are required"):
+            message = message.replace("--pidfile", f"--pidfile (or ${PIDFILE_ENV})", 1)
+        error(f"{message} (see '{self.prog} --help')")
         sys.exit(EXIT_ERROR)
 
 
@@ -214,8 +223,10 @@ def build_parser() -> Parser:
             name, help=help, description=help, epilog=epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        sub.add_argument("--pidfile", required=True, metavar="F",
-                         help="the gunicorn master's pidfile (gunicorn --pid)")
+        default = os.environ.get(PIDFILE_ENV) or None
+        sub.add_argument("--pidfile", required=default is None, default=default, metavar="F",
+                         help=f"the gunicorn master's pidfile (gunicorn --pid); default: "
+                         f"${PIDFILE_ENV}" + (f" ({default})" if default else ", unset"))
         sub.add_argument("--status", metavar="S",
                          help="the status file (default: next to the pidfile, "
                          "gunicorn.pid -> gunicorn.rollover.json)")

@@ -5,10 +5,14 @@ returns None or the one-line cause; the arbiter puts its snapshot back on a caus
 from __future__ import annotations
 
 import io
+import re
 import sys
 from typing import Any
 
 from rollover.probe import describe_exception
+
+# a traceback's frame line, as gunicorn prints one when the config file fails to load
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
 
 
 def load_config(app: Any) -> str | None:
@@ -29,6 +33,9 @@ def load_config(app: Any) -> str | None:
         invalid = [ln for ln in lines if ln.startswith("Invalid value for")]
         if isinstance(exc, SystemExit):
             cause = lines[-1] if lines else f"config reload exited with {exc.code}"
+            where = [m for m in map(_FRAME.match, lines) if m]
+            if where and not invalid:  # a traceback (a bad config file): where it failed
+                cause = f"{where[-1]['file']}:{where[-1]['line']}: {cause}"
             if invalid and invalid[0] != cause:
                 # gunicorn names the setting on the line before its error
                 cause = f"{invalid[0]} ({cause.removeprefix('Error: ')})"

@@ -54,6 +54,10 @@ assert tuple(HOOKS) == HOOK_NAMES  # the arbiter names the hooks it expects to r
 def _activate(server: Any, hook: str) -> None:
     if activate(server) and hook != "on_starting":
         server.init_signals()  # gunicorn bound its signal handlers before the switch
+        if server.notifier.address:
+            server.log.warning(
+                "rollover: activated in %s, after gunicorn sent systemd READY=1 before any "
+                "worker serves; chain rollover's on_starting for READY=1 once they do", hook)
     server.hook_ran(hook)
 
 

@@ -94,6 +94,17 @@ def follow(status: dict[str, Any], before: int, sent_at: float) -> Progress | Do
     return None
 
 
+def final_progress(done: Done, status: dict[str, Any], shown: Progress | None
+                   ) -> Progress | None:
+    """The `N/N` progress of a roll that succeeded, unless it was the last one shown (the
+    master records success in the same status write that counts the last worker READY)."""
+    if done.result != "succeeded":
+        return None
+    target = shown.target if shown is not None else _int(status.get("workers_target"))
+    final = Progress(_int(done.record.get("generation")), target, target)
+    return None if final == shown or target <= 0 else final
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
@@ -281,6 +292,9 @@ def follow_roll(pid: int, path: str, status: dict[str, Any], sent_at: float, tim
         status = poll_status(path, pid) or status
         outcome = follow(status, before, sent_at)
         if isinstance(outcome, Done):
+            final = final_progress(outcome, status, shown)
+            if final is not None:
+                on_progress(final)
             return outcome
         if isinstance(outcome, Progress) and outcome != shown:
             shown = outcome
@@ -293,7 +307,8 @@ def follow_roll(pid: int, path: str, status: dict[str, Any], sent_at: float, tim
                 where += f", {shown.new_ready}/{shown.target} on generation {shown.generation}"
             elif status["reloads"] <= before:
                 where += ", the master has not processed the HUP yet"
-            raise RollTimeout(f"timed out after {timeout:g}s waiting for the roll; {where}")
+            raise RollTimeout(f"timed out after {timeout:g}s waiting for the roll; {where}; "
+                              "the roll carries on in the master (`rollover status` shows it)")
         time.sleep(POLL_INTERVAL)
 
 

@@ -87,3 +87,18 @@ def read_status(path: str) -> dict[str, Any]:
         if not isinstance(data.get(key), kind):
             raise StatusError(f"status file {path} is corrupt: bad or missing {key!r}")
     return data
+
+
+def remove_own(path: str | None, pid: int) -> None:
+    """Remove the status file at `path` if it is `pid`'s (a master exiting cleanly): after
+    a USR2 handoff the file may already be the new master's, which stays."""
+    if path is None:
+        return
+    try:
+        with open(path, encoding="utf-8") as fh:
+            owner = json.load(fh).get("pid")
+    except (OSError, ValueError, AttributeError):
+        return
+    if owner == pid:
+        with contextlib.suppress(OSError):
+            os.unlink(path)

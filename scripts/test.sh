@@ -8,6 +8,16 @@ SCRIPT=scripts/test.sh
 # shellcheck source=scripts/venv.sh
 source scripts/venv.sh
 
+# Said once, up front: the system packages this script may install, and why.
+if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "$SCRIPT: as root with apt-get, this may install system packages: nginx (if missing," \
+        "for tests/test_deploy_fleet.py: skipped without it, failed under CI=true) and" \
+        "python3-venv (if 'python3 -m venv' lacks ensurepip)" >&2
+elif ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
+    echo "$SCRIPT: no nginx, and not root with apt-get to install it:" \
+        "tests/test_deploy_fleet.py skips" >&2
+fi
+
 # nginx for tests/test_deploy_fleet.py (skipped without it, failed under CI=true)
 ensure_nginx() {
     if command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]]; then

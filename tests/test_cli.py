@@ -182,6 +182,8 @@ while True:
         sys.exit(0)
     if mode == "succeed":
         roll(read_status(path), "succeeded")
+    elif mode == "succeed-at-once":  # the last READY and the success in one write
+        roll(read_status(path), "succeeded", steps=0)
     elif mode == "abort":
         roll(read_status(path), "aborted", "worker failed to boot", steps=1)
     elif mode == "hang":
@@ -192,9 +194,12 @@ while True:
 """
 
 
-def run_cli(*args: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, timeout: float = 10, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "ROLLOVER_PIDFILE"}
     return subprocess.run([sys.executable, "-m", "rollover.cli", *args],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**environ, **(env or {})})
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -390,7 +395,8 @@ def test_reload_wait_timeout(tmp_path: Path, fake_master: Callable[..., Any]) ->
     assert result.returncode == 3, result
     assert "1/2 workers on generation 2" in result.stdout.splitlines()
     assert result.stderr == ("rollover: timed out after 1s waiting for the roll; "
-                             "state: rolling, 1/2 on generation 2\n")
+                             "state: rolling, 1/2 on generation 2; the roll carries on in "
+                             "the master (`rollover status` shows it)\n")
 
 
 def test_reload_wait_master_exits(tmp_path: Path, fake_master: Callable[..., Any]) -> None:
@@ -415,3 +421,39 @@ def test_interrupt_exits_130(tmp_path: Path, fake_master: Callable[..., Any]) ->
             cli.kill()
     assert cli.returncode == 130 and "Traceback" not in stderr
     assert os.path.exists(tmp_path / "hup")
+
+
+@pytest.mark.parametrize("mode", ["succeed", "succeed-at-once"])
+def test_reload_wait_prints_the_final_progress_line(tmp_path: Path, mode: str,
+                                                    fake_master: Callable[..., Any]) -> None:
+    fake_master(mode)
+    result = run_cli("reload", "--pidfile", str(tmp_path / "gunicorn.pid"), "--wait")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-2] == "2/2 workers on generation 2", lines
+    assert lines[-1].startswith("rolled out generation 2 in "), lines
+    assert lines.count("2/2 workers on generation 2") == 1, lines
+
+
+def test_pidfile_from_the_environment(tmp_path: Path, fake_master: Callable[..., Any]) -> None:
+    proc = fake_master("succeed")
+    env = {"ROLLOVER_PIDFILE": str(tmp_path / "gunicorn.pid")}
+    result = run_cli("status", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["pid"] == proc.pid
+    result = run_cli("reload", "--wait", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == f"sent HUP to master {proc.pid}"
+    # an explicit --pidfile wins over the environment
+    env = {"ROLLOVER_PIDFILE": str(tmp_path / "other.pid")}
+    result = run_cli("status", "--pidfile", str(tmp_path / "gunicorn.pid"), env=env)
+    assert result.returncode == 0, result.stderr
+    result = run_cli("reload", "--help", env=env)
+    assert "$ROLLOVER_PIDFILE" in result.stdout and "other.pid" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["status", "reload", "deploy"])
+def test_missing_pidfile_option_points_to_the_subcommand_help(command: str) -> None:
+    line = one_error_line(run_cli(command))
+    assert "--pidfile (or $ROLLOVER_PIDFILE)" in line, line
+    assert line.endswith(f"(see 'rollover {command} --help')"), line

@@ -87,9 +87,9 @@ def test_k8s_service_selects_the_pods() -> None:
 # --------------------------------------------------------------------------- systemd
 
 
-def _unit() -> dict[str, dict[str, str]]:
+def _unit(name: str = "app.service") -> dict[str, dict[str, str]]:
     """The unit file as {section: {key: value}} (continuation lines joined)."""
-    text = (DEPLOY / "systemd" / "app.service").read_text(encoding="utf-8")
+    text = (DEPLOY / "systemd" / name).read_text(encoding="utf-8")
     text = re.sub(r"\\\n\s*", " ", text)
     sections: dict[str, dict[str, str]] = {}
     current: dict[str, str] = {}
@@ -114,6 +114,18 @@ def test_systemd_unit_reload_is_a_synchronous_rolling_reload() -> None:
     assert float(service["TimeoutStartSec"]) > float(_option(reload, "--timeout"))
     assert service["KillMode"] == "mixed"
     assert service["KillSignal"] == "SIGTERM"
+
+
+def test_systemd_notify_reload_variant_differs_only_in_how_it_reloads() -> None:
+    default, variant = _unit(), _unit("app-notify-reload.service")
+    assert default["Service"]["Type"] == "notify"
+    assert variant["Service"]["Type"] == "notify-reload"
+    assert variant["Service"]["ReloadSignal"] == "SIGHUP"
+    assert "ExecReload" not in variant["Service"]
+    rest = {k: v for k, v in variant["Service"].items() if k not in ("Type", "ReloadSignal")}
+    assert rest == {k: v for k, v in default["Service"].items()
+                    if k not in ("Type", "ExecReload")}
+    assert variant["Unit"] == default["Unit"] and variant["Install"] == default["Install"]
 
 
 def test_systemd_unit_starts_gunicorn_through_current() -> None:
