@@ -85,6 +85,9 @@ def describe_last(record: dict[str, Any]) -> str:
     text += f" in {duration(record)}" if result == "succeeded" else f" after {duration(record)}"
     if record.get("error"):
         text += f": {record['error']}"
+    canary = record.get("canary")
+    if isinstance(canary, dict) and canary.get("verdict") in ("passed", "not judged"):
+        text += f" (canary {canary['verdict']}: {canary.get('summary')})"
     if min_ready is not None:
         text += f" (min ready {min_ready})"
     return text
@@ -129,17 +132,29 @@ def render_status(status: dict[str, Any], now: float) -> str:
             f" {current.get('new_ready', '?')}/{current.get('target', target)} new workers ready,"
             f" started {age(current.get('started'), now)} ago"
         )
+        canary = current.get("canary")
+        if isinstance(canary, dict) and canary.get("verdict") is None:
+            lines.append(f"canary: worker {canary.get('pid')} answered "
+                         f"{canary.get('requests', 0)} requests, {canary.get('failures', 0)} "
+                         f"with 5xx; waiting for its verdict")
     if isinstance(last, dict):
         lines.append(f"last rollout: {describe_last(last)}, {age(last.get('finished'), now)} ago")
     elif not isinstance(current, dict):
         lines.append("no rollout yet")
     lines.append("")
-    lines.append(f"{'PID':>8}  {'GEN':>4}  {'STATE':<8}  SINCE")
+    lines.append(f"{'PID':>8}  {'GEN':>4}  {'STATE':<8}  {'SINCE':<8}  {'REQUESTS':>8}"
+                 f"  {'5XX':>6}")
     for w in workers:
-        lines.append(
-            f"{w.get('pid', '?')!s:>8}  {w.get('generation', '?')!s:>4}"
-            f"  {w.get('state', '?')!s:<8}  {age(w.get('since'), now)}"
-        )
+        raw = w.get("requests")
+        counts: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        served = counts.get("requests", "-")
+        errors = (counts.get("5xx", 0) + counts.get("failed", 0)) if counts else "-"
+        line = (f"{w.get('pid', '?')!s:>8}  {w.get('generation', '?')!s:>4}"
+                f"  {w.get('state', '?')!s:<8}  {age(w.get('since'), now):<8}"
+                f"  {served!s:>8}  {errors!s:>6}")
+        if w.get("recycle"):
+            line += f"  asked to be replaced: {w['recycle']}"
+        lines.append(line.rstrip())
     if not workers:
         lines.append(f"{'(none)':>8}")
     return "\n".join(lines)

@@ -44,7 +44,7 @@ class Service:
                                         mainpid=os.getpid() if handoff else None)
 
     def _notify_progress(self) -> None:
-        self.notifier.update(lambda: self.machine.describe(lambda t: None))
+        self.notifier.update(lambda: self.machine.describe(lambda t: None, counters=False))
 
     def stop(self, graceful: bool = True) -> None:
         if not (self.reexec_pid or self.master_pid):  # not when one side of a USR2 handoff

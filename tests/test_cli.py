@@ -457,3 +457,19 @@ def test_missing_pidfile_option_points_to_the_subcommand_help(command: str) -> N
     line = one_error_line(run_cli(command))
     assert "--pidfile (or $ROLLOVER_PIDFILE)" in line, line
     assert line.endswith(f"(see 'rollover {command} --help')"), line
+
+
+def test_render_shows_requests_5xx_recycles_and_the_canary() -> None:
+    status = status_dict(generation=3, state="rolling",
+                         rollout={**rollout(4, 3, NOW - 2),
+                                  "canary": {"pid": 4300, "verdict": None, "requests": 31,
+                                             "failures": 0}})
+    status["workers"][0]["requests"] = {"requests": 1200, "ok": 1190, "4xx": 3, "5xx": 6,
+                                        "failed": 1}
+    status["workers"][0]["recycle"] = "max_requests: served 1000 of 1000"
+    text = render_status(status, NOW)
+    assert "canary: worker 4300 answered 31 requests, 0 with 5xx; waiting for its verdict" \
+        in text
+    row = next(line for line in text.splitlines() if line.strip().startswith("4243"))
+    assert row.split()[4:6] == ["1200", "7"], row
+    assert row.endswith("asked to be replaced: max_requests: served 1000 of 1000")
