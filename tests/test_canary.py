@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from test_rollout import BOOTING, READY, Driver
 
 from rollover.canary import CanaryPolicy, Result, decide
@@ -68,15 +70,20 @@ def test_a_few_failures_under_the_minimum_do_not_fail_it() -> None:
 # -- in the roll ---------------------------------------------------------------------------
 
 
-def rolling(target: int = 3) -> tuple[Driver, list[int], int]:
-    d = Driver(target, canary=POLICY)
+def reloaded(target: int = 3, **policy: Any) -> tuple[Driver, list[int], list[int]]:
+    """A master with `target` READY workers, just HUPed: (driver, old pids, spawned)."""
+    d = Driver(target, canary=POLICY, **policy)
     d.tick()
     d.ready(*d.pids(BOOTING))
     d.tick()
     d.advance(10)
     old = d.pids(READY)
     d.reload()
-    (canary,) = d.tick().spawned
+    return d, old, d.tick().spawned
+
+
+def rolling(target: int = 3) -> tuple[Driver, list[int], int]:
+    d, old, (canary,) = reloaded(target)
     d.advance(1)
     d.ready(canary)
     return d, old, canary
@@ -186,14 +193,7 @@ def test_off_by_policy_no_hold() -> None:
 
 
 def test_a_failing_canary_takes_every_new_worker_with_it() -> None:
-    d = Driver(3, canary=POLICY, max_surge=2)
-    d.tick()
-    d.ready(*d.pids(BOOTING))
-    d.tick()
-    d.advance(10)
-    old = d.pids(READY)
-    d.reload()
-    first, second = d.tick().spawned
+    d, old, (first, second) = reloaded(3, max_surge=2)
     d.ready(first, second)
     d.tick()
     count(d, first, o(6, five=6))

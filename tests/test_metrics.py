@@ -98,3 +98,27 @@ def test_recycles_reach_statsd(
     with Load(master.port, clients=2, keepalive=True, think=0.01) as load:
         wait_metric(statsd, seen, r"web\.rollover\.recycles:1\|c(\|@1(\.0)?)?", timeout=20)
     assert load.failed() == [], load.describe()
+
+
+def test_a_failed_canary_reaches_statsd(
+    statsd: socket.socket,
+    make_app: Callable[..., AppCode],
+    masters: Callable[..., Master],
+) -> None:
+    from test_canary_roll import write
+
+    port = statsd.getsockname()[1]
+    app = make_app()
+    write(app, "v1", boot=0.3)
+    master = masters(app, workers=2,
+                     extra_args=["--statsd-host", f"127.0.0.1:{port}", "--statsd-prefix", "web"])
+    master.wait_status(lambda s: s["state"] == "idle", 30, "both workers READY")
+    seen: list[str] = []
+    # light load: gunicorn's own per-request datagrams must not overflow the socket
+    statsd.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    with Load(master.port, clients=2, keepalive=False, think=0.02):
+        write(app, "v2", status="500 Internal Server Error", boot=0.3)
+        result = run_cli("reload", "--pidfile", str(master.pidfile), "--wait", "--timeout", "60")
+    assert result.returncode == 1, result.stdout + result.stderr
+    wait_metric(statsd, seen, r"web\.rollover\.canary\.failed:1\|c(\|@1(\.0)?)?")
+    wait_metric(statsd, seen, r"web\.rollover\.rollouts\.aborted:1\|c(\|@1(\.0)?)?")
