@@ -236,6 +236,9 @@ def test_fleet_rolls_out_behind_nginx(fleet: Fleet) -> None:
 def test_broken_release_stops_at_the_first_host(fleet: Fleet) -> None:
     web1, web2 = fleet.hosts["web1"], fleet.hosts["web2"]
     live = {name: current_release(m.root) for name, m in fleet.hosts.items()}
+    # the last deploy's retired worker may still be draining: wait until it is gone
+    wait_for(lambda: len(children_of(web2.live_pid())) == web2.workers, 20,
+             what="web2 to have only its own workers")
     web2_before = (web2.live_pid(), sorted(children_of(web2.live_pid())))
     web1_master = web1.live_pid()
     source = write_source(fleet.sources / "v3", "v3", live_only_error="missing SECRET_KEY")
