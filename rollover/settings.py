@@ -196,6 +196,10 @@ _SPECS: dict[str, tuple[Callable[[str, Any], Any], Callable[[Any], Any]]] = {
 
 NAMES = tuple(f"rollover_{name}" for name in _SPECS)
 
+# The `rollover` command line's own variables: an operator's shell may export them to the
+# master too, which leaves them alone.
+CLI_ENVIRON = ("ROLLOVER_PIDFILE",)
+
 
 def _default_status_path(cfg: Any) -> str | None:
     from rollover.status import default_status_path
@@ -229,6 +233,7 @@ def resolve(
     ) + sorted(
         key for key in environ
         if key.startswith("ROLLOVER_") and key.lower() not in NAMES
+        and key not in CLI_ENVIRON
     )
     if unknown:
         raise SettingsError(f"unknown rollover setting {unknown[0]} (known: {', '.join(NAMES)})")

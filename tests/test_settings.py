@@ -93,3 +93,8 @@ def test_drain_is_on_by_default_and_can_be_turned_off() -> None:
     assert resolve(gunicorn_cfg(), {}, {"ROLLOVER_DRAIN": "0"}).drain is False
     with pytest.raises(SettingsError, match="ROLLOVER_DRAIN must be true or false"):
         resolve(gunicorn_cfg(), {}, {"ROLLOVER_DRAIN": "maybe"})
+
+
+def test_the_cli_pidfile_variable_is_not_a_master_setting() -> None:
+    # `export ROLLOVER_PIDFILE=...` for `rollover reload`, then gunicorn from the same shell
+    assert resolve(gunicorn_cfg(), {}, {"ROLLOVER_PIDFILE": "/run/app/gunicorn.pid"})
