@@ -129,3 +129,27 @@ def test_keep_alive_clients_are_sent_toward_the_canary(
     print(f"\ncanary share under keep-alive only: {canary}")
     assert canary["verdict"] == "passed" and canary["requests"] >= 200, canary
     assert kept.failed() == [], kept.describe()
+
+
+def test_a_canary_that_crashes_in_its_window_aborts_the_roll(
+    masters: Callable[..., Master], make_app: Callable[..., AppCode],
+) -> None:
+    """READY, then dead 1.2 s later (its thread exits the worker) while the roll holds for
+    its verdict (a window of 50 requests it does not reach under this light load)."""
+    from test_faults import write_crashing_app
+
+    app = make_app()
+    app.write("v1", boot_delay=0.5)
+    master = masters(app, workers=3)
+    master.wait_status(lambda s: s["state"] == "idle", 30, "all workers READY")
+    old = sorted(w["pid"] for w in (master.status() or {})["workers"])
+    with Load(master.port, clients=2, keepalive=False, think=0.1) as load:
+        write_crashing_app(app, "v2", boot=0.5, after=1.2, preload=False)
+        code, out = reload(master)
+    assert code == 1, out
+    assert "after READY" in out, out
+    status = master.status() or {}
+    assert sorted(w["pid"] for w in status["workers"] if w["generation"] == 0) == old
+    assert status["last_rollout"]["canary"]["verdict"] is None  # it died before one
+    # at most the request the canary was answering when it died
+    assert len(load.failed()) <= 1, load.describe()
