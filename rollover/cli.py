@@ -184,8 +184,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 def wait_for_roll(pid: int, path: str, status: dict[str, Any], sent_at: float,
                   timeout: float) -> int:
     def show(progress: Progress) -> None:
-        print(f"{progress.new_ready}/{progress.target} workers on generation "
-              f"{progress.generation}", flush=True)
+        print(progress.line(), flush=True)
 
     try:
         done = follow_roll(pid, path, status, sent_at, timeout, show)

@@ -17,7 +17,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psutil
@@ -46,6 +46,11 @@ class Progress:
     generation: int
     new_ready: int
     target: int
+    canary: str | None = None  # "judging worker N", then its verdict and figures
+
+    def line(self) -> str:
+        text = f"{self.new_ready}/{self.target} workers on generation {self.generation}"
+        return f"{text} (canary {self.canary})" if self.canary else text
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ def follow(status: dict[str, Any], before: int, sent_at: float) -> Progress | Do
             generation=_int(current.get("generation")),
             new_ready=_int(current.get("new_ready")),
             target=_int(current.get("target", status.get("workers_target"))),
+            canary=_canary(current.get("canary")),
         )
     return None
 
@@ -102,7 +108,17 @@ def final_progress(done: Done, status: dict[str, Any], shown: Progress | None
         return None
     target = shown.target if shown is not None else _int(status.get("workers_target"))
     final = Progress(_int(done.record.get("generation")), target, target)
-    return None if final == shown or target <= 0 else final
+    if shown is not None and final == replace(shown, canary=None):
+        return None
+    return None if target <= 0 else final
+
+
+def _canary(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return None
+    if record.get("verdict") is None:
+        return f"judging worker {record.get('pid')}"
+    return f"{record['verdict']}: {record.get('summary')}"
 
 
 def _int(value: Any) -> int:
@@ -297,8 +313,10 @@ def follow_roll(pid: int, path: str, status: dict[str, Any], sent_at: float, tim
                 on_progress(final)
             return outcome
         if isinstance(outcome, Progress) and outcome != shown:
+            # the canary's state is shown when it changes, not on every line
+            same_canary = shown is not None and shown.canary == outcome.canary
             shown = outcome
-            on_progress(shown)
+            on_progress(replace(outcome, canary=None) if same_canary else outcome)
         if not alive:
             raise MasterError(f"master {pid} exited while waiting for the roll")
         if time.monotonic() >= deadline:

@@ -473,3 +473,17 @@ def test_render_shows_requests_5xx_recycles_and_the_canary() -> None:
     row = next(line for line in text.splitlines() if line.strip().startswith("4243"))
     assert row.split()[4:6] == ["1200", "7"], row
     assert row.endswith("asked to be replaced: max_requests: served 1000 of 1000")
+
+
+def test_progress_names_the_canary_while_it_is_judged_and_its_verdict() -> None:
+    judging = {**rollout(2, 4, NOW + 1), "canary": {"pid": 77, "verdict": None}}
+    progress = follow(status_dict(reloads=4, state="rolling", rollout=judging), 3, NOW)
+    assert isinstance(progress, Progress)
+    assert progress.line() == "1/2 workers on generation 2 (canary judging worker 77)"
+    judged = {**judging, "canary": {"pid": 77, "verdict": "passed",
+                                    "summary": "canary answered 0 of 50 with 5xx; "
+                                               "old workers 0 of 150"}}
+    progress = follow(status_dict(reloads=4, state="rolling", rollout=judged), 3, NOW)
+    assert isinstance(progress, Progress)
+    assert progress.line().endswith("(canary passed: canary answered 0 of 50 with 5xx; "
+                                    "old workers 0 of 150)")

@@ -50,8 +50,7 @@ def hup_and_wait(pidfile: str, status_path: str, timeout: float, report: Report,
         report.say(step, f"sent HUP to master {pid}")
 
         def show(progress: Progress) -> None:
-            report.say(step, f"{progress.new_ready}/{progress.target} workers on generation "
-                       f"{progress.generation}")
+            report.say(step, progress.line())
 
         outcome = follow_roll(pid, status_path, status, sent_at, timeout, show)
     except (MasterError, RollTimeout) as exc:
