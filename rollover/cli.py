@@ -154,6 +154,8 @@ def render_status(status: dict[str, Any], now: float) -> str:
                 f"  {served!s:>8}  {errors!s:>6}")
         if w.get("recycle"):
             line += f"  asked to be replaced: {w['recycle']}"
+            if w.get("overdue"):
+                line += " (past twice its limit: no replacement could boot)"
         lines.append(line.rstrip())
     if not workers:
         lines.append(f"{'(none)':>8}")

@@ -626,6 +626,7 @@ class Machine:
             "reloads": self.reloads,
             "workers": [{"pid": w.pid, "generation": w.generation, "state": str(w.state),
                          "since": wall(w.since), "recycle": w.recycle,
+                         **({"overdue": True} if w.overdue else {}),
                          **({"requests": w.outcomes.as_dict()} if counters else {})}
                         for w in sorted(self.workers.values(), key=lambda w: w.spawned)],
             "recycles": self.recycles,

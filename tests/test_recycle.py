@@ -160,6 +160,10 @@ def test_when_no_replacement_can_boot_the_worker_serves_on_then_goes_at_the_hard
     with Load(master.port, clients=2, keepalive=True, think=0.01) as load:
         wait_for(lambda: "without a replacement" in master.log_text(), 30,
                  what="a worker retired at its hard cap", on_timeout=master.tail)
+        # the last worker serving is never retired without a replacement: past its hard
+        # cap too, it serves on and its status says so
+        master.wait_status(lambda s: any(w.get("overdue") for w in s["workers"]), 30,
+                           "the last worker past its hard cap")
         load.run_for(1.0)
     log = master.log_text()
     print(f"\nno replacement: {load.describe()}")
@@ -169,3 +173,4 @@ def test_when_no_replacement_can_boot_the_worker_serves_on_then_goes_at_the_hard
     assert load.failed() == [], load.describe()
     status = master.status() or {}
     assert status.get("respawn") and status["respawn"]["failures"] >= 1, status
+    assert [w["state"] for w in status["workers"] if w.get("overdue")] == ["ready"], status
