@@ -139,6 +139,23 @@ def _rel(t: float | None, origin: float) -> float | None:
     return None if t is None else round(t - origin, 3)
 
 
+
+async def tear_down(server: Server, monitor: Monitor, load: Load | None, logs: Path,
+                    label: str, stream: Stream | None = None) -> dict[str, Any]:
+    """Stop the load (and stream) and the server, keep its log as `logs/<label>.log`;
+    the server's settings, read before it stopped."""
+    monitor.stop()
+    if load is not None and load.stop_requested_at is None:
+        await load.stop()
+    if stream is not None:
+        await stream.stop()
+    settings = server.settings()
+    await asyncio.to_thread(server.stop)
+    logs.mkdir(exist_ok=True)
+    with contextlib.suppress(OSError):
+        shutil.copyfile(server.log_path, logs / f"{label}.log")
+    return settings
+
 async def run_scenario(
     name: str, scenario: str, cfg: Config, workroot: Path, outdir: Path
 ) -> dict[str, Any]:
@@ -220,17 +237,8 @@ async def run_scenario(
         print(f"  {name}/{scenario}: ERROR {result['error']}", file=sys.stderr)
         return {"result": result, "records": []}
     finally:
-        monitor.stop()
-        if load is not None and load.stop_requested_at is None:
-            await load.stop()
-        if stream is not None:
-            await stream.stop()
-        settings = server.settings()
-        await asyncio.to_thread(server.stop)
-        logs = outdir / "logs"
-        logs.mkdir(exist_ok=True)
-        with contextlib.suppress(OSError):
-            shutil.copyfile(server.log_path, logs / f"{name}-{scenario}.log")
+        settings = await tear_down(server, monitor, load, outdir / "logs",
+                                   f"{name}-{scenario}", stream)
 
     records = sorted(load.records, key=lambda r: r.start)
     result.update(analyse(cfg, scenario, records, load.started_at, hup, load_stop, monitor))
@@ -298,15 +306,8 @@ async def run_recycle(name: str, cfg: Config, workroot: Path, outdir: Path) -> d
         print(f"  {name}/{scenario}: ERROR {result['error']}", file=sys.stderr)
         return {"result": result, "records": []}
     finally:
-        monitor.stop()
-        if load is not None and load.stop_requested_at is None:
-            await load.stop()
-        settings = server.settings()
-        await asyncio.to_thread(server.stop)
-        logs = outdir / "logs"
-        logs.mkdir(exist_ok=True)
-        with contextlib.suppress(OSError):
-            shutil.copyfile(server.log_path, logs / f"{name}-{scenario}.log")
+        settings = await tear_down(server, monitor, load, outdir / "logs",
+                                   f"{name}-{scenario}")
 
     records = sorted(load.records, key=lambda r: r.start)
     window_start = load.started_at + cfg.warmup
