@@ -162,8 +162,9 @@ def test_when_no_replacement_can_boot_the_worker_serves_on_then_goes_at_the_hard
                  what="a worker retired at its hard cap", on_timeout=master.tail)
         # the last worker serving is never retired without a replacement: past its hard
         # cap too, it serves on and its status says so
-        master.wait_status(lambda s: any(w.get("overdue") for w in s["workers"]), 30,
-                           "the last worker past its hard cap")
+        master.wait_status(lambda s: any(w.get("overdue") and w["state"] == "ready"
+                                         for w in s["workers"]), 30,
+                           "the last worker past its hard cap, serving")
         load.run_for(1.0)
     log = master.log_text()
     print(f"\nno replacement: {load.describe()}")
