@@ -60,6 +60,7 @@ class View:
     target: int
     rolling: int | None = None  # the generation being rolled out
     new_ready: int = 0
+    canary: int | None = None  # the roll holds for this canary's verdict
 
 
 def view(described: dict[str, Any]) -> View:
@@ -73,7 +74,15 @@ def view(described: dict[str, Any]) -> View:
         target=int(described.get("workers_target") or 0),
         rolling=int(roll["generation"]) if isinstance(roll, dict) else None,
         new_ready=int(roll.get("new_ready") or 0) if isinstance(roll, dict) else 0,
+        canary=_judging(roll),
     )
+
+
+def _judging(roll: Any) -> int | None:
+    canary = roll.get("canary") if isinstance(roll, dict) else None
+    if isinstance(canary, dict) and canary.get("verdict") is None:
+        return int(canary.get("pid") or 0)
+    return None
 
 
 @dataclass(frozen=True)
@@ -88,7 +97,8 @@ class Sent:
 
 def status_text(v: View, started: bool) -> str:
     if v.rolling is not None:
-        return f"rolling: {v.new_ready}/{v.target} workers on generation {v.rolling}"
+        text = f"rolling: {v.new_ready}/{v.target} workers on generation {v.rolling}"
+        return f"{text}, judging canary {v.canary}" if v.canary else text
     if not started:
         return f"starting: {v.ready}/{v.target} workers ready, generation {v.generation}"
     if v.state == "degraded":

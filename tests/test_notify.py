@@ -48,6 +48,8 @@ def test_decide_reload_cycle_and_failed_preparation() -> None:
     assert message == "RELOADING=1\nMONOTONIC_USEC=123"
     message, sent = decide(sent, View("rolling", 1, 2, 2, rolling=2, new_ready=0))
     assert message == "STATUS=rolling: 0/2 workers on generation 2"
+    message, sent = decide(sent, View("rolling", 1, 2, 2, rolling=2, new_ready=1, canary=99))
+    assert message == "STATUS=rolling: 1/2 workers on generation 2, judging canary 99"
     message, sent = decide(sent, View("rolling", 1, 2, 2, rolling=2, new_ready=1))
     assert message == "STATUS=rolling: 1/2 workers on generation 2"
     message, sent = decide(sent, View("idle", 2, 2, 2))
