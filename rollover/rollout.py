@@ -315,10 +315,6 @@ class Machine:
             cause = f"worker {pid} {description} {now - w.since:.1f}s after READY"
             delay = self._back_off(now, cause)
             self._log("error", f"{cause}; next respawn in {delay:g}s")
-        elif exit_code == 0 and w.recycle is not None:
-            # no replacement became READY in time: it reached the class's own hard limit
-            self._log("warning", f"worker {pid} {description} before a replacement was "
-                                 f"READY (it asked: {w.recycle})")
         elif exit_code == 0:
             # left by itself, e.g. gunicorn's max_requests: a planned exit
             self._log("info", f"worker {pid} {description}")
