@@ -582,10 +582,12 @@ class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
             "refresh": self.refresh_report.as_dict() if self.refresh_report else None,
         }
         # request counts change with every request: on their own, written once a second
-        counted = self.machine.describe(lambda t: status.iso(t + offset))
+        # (and only then described: this runs on every wake of the master's loop)
         now = time.monotonic()
-        if data == self._last_status and (counted == self._last_counted
-                                          or now - self._counts_written < COUNTS_EVERY):
+        if data == self._last_status and now - self._counts_written < COUNTS_EVERY:
+            return
+        counted = self.machine.describe(lambda t: status.iso(t + offset))
+        if data == self._last_status and counted == self._last_counted:
             return
         self._last_counted, self._counts_written = counted, now
         data_with_time = {**data, **counted, "updated": status.iso(time.time())}

@@ -16,8 +16,11 @@ random jitter of up to `rollover_max_worker_age_jitter`, so workers started toge
 not all ask at once).
 
 The reporter is a daemon thread of the worker's (a greenlet under gevent or eventlet),
-on a clock of its own: every `COUNTS_EVERY` seconds it sends the worker's request counts
-when they changed, and while a limit is reached it asks for a replacement every
+on a clock of its own: it sends the worker's request counts when they changed, every
+`COUNTS_EVERY` seconds while a canary is judged (`rollover.worker.spread`: its verdict
+waits on them) and every `QUIET_COUNTS_EVERY` seconds otherwise (each message wakes the
+master's loop; the status shows counts once a second), and while a limit is reached it
+checks every `COUNTS_EVERY` seconds and asks for a replacement every
 `ASK_EVERY` seconds (the channel drops a message rather than block a worker, so a request
 may be lost: asking again is how it is answered).
 """
@@ -34,15 +37,26 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rollover.outcomes import Outcomes
+from rollover.worker import spread
 from rollover.worker.counting import Tally
 
 if TYPE_CHECKING:
     from rollover.settings import Settings
 
-__all__ = ["ASK_EVERY", "COUNTS_EVERY", "HARD_CAP_FACTOR", "Due", "Limits", "Reporter", "due",
-           "take_limits"]
+__all__ = [
+    "ASK_EVERY",
+    "COUNTS_EVERY",
+    "HARD_CAP_FACTOR",
+    "QUIET_COUNTS_EVERY",
+    "Due",
+    "Limits",
+    "Reporter",
+    "due",
+    "take_limits",
+]
 
 COUNTS_EVERY = 0.25
+QUIET_COUNTS_EVERY = 1.0
 ASK_EVERY = 1.0
 HARD_CAP_FACTOR = 2
 _MIB = 1024 * 1024
@@ -143,14 +157,14 @@ class Reporter:
 
     def _run(self) -> None:
         tick = threading.Event()
-        next_ask = 0.0
+        next_ask = next_counts = 0.0
         while getattr(self.worker, "alive", True):
             tick.wait(COUNTS_EVERY)
             counts = self.tally.snapshot()
-            if counts != self._sent:
-                self.send("counts", counts.encode())
-                self._sent = counts
             now = time.monotonic()
+            if counts != self._sent and (now >= next_counts or spread.window_open()):
+                self.send("counts", counts.encode())
+                self._sent, next_counts = counts, now + QUIET_COUNTS_EVERY
             if self.limits.any and now >= next_ask:
                 ask = due(self.limits, counts.requests, self._rss(), now - self.started)
                 if ask is not None and getattr(self.worker, "alive", True):

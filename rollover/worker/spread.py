@@ -17,7 +17,7 @@ import mmap
 import os
 import struct
 
-__all__ = ["Spreader", "close_window", "create", "open_window"]
+__all__ = ["Spreader", "close_window", "create", "open_window", "window_open"]
 
 _FORMAT = "<IB"
 _board: mmap.mmap | None = None
@@ -33,6 +33,12 @@ def create() -> None:
 def open_window(canary: int, every: int) -> None:
     if _board is not None:
         struct.pack_into(_FORMAT, _board, 0, canary, max(2, min(every, 255)))
+
+
+def window_open() -> bool:
+    """Worker side: whether a canary is being judged now."""
+    board = _board
+    return board is not None and bool(board[4])
 
 
 def close_window() -> None:
