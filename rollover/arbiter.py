@@ -48,7 +48,7 @@ from rollover.worker import readiness, spread
 HOOK_NAMES = ("on_starting", "when_ready")
 
 # Seconds between status writes when only the workers' request counts changed.
-COUNTS_EVERY = 1.0
+STATUS_COUNTS_EVERY = 1.0
 
 
 class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
@@ -584,7 +584,7 @@ class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
         # request counts change with every request: on their own, written once a second
         # (and only then described: this runs on every wake of the master's loop)
         now = time.monotonic()
-        if data == self._last_status and now - self._counts_written < COUNTS_EVERY:
+        if data == self._last_status and now - self._counts_written < STATUS_COUNTS_EVERY:
             return
         counted = self.machine.describe(lambda t: status.iso(t + offset))
         if data == self._last_status and counted == self._last_counted:

@@ -35,6 +35,7 @@ from rollover.master import (
     timeout_seconds,
     validate_master,
 )
+from rollover.settings import PIDFILE_ENV
 from rollover.status import default_status_path, parse_iso
 
 EXIT_OK = 0  # done; with --wait: the roll succeeded
@@ -44,7 +45,6 @@ EXIT_TIMEOUT = 3  # reload --wait: the roll did not end within --timeout (it car
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 DEFAULT_TIMEOUT = 300.0
-PIDFILE_ENV = "ROLLOVER_PIDFILE"
 
 EPILOG = f"""\
 exit codes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import astuple, dataclass
 
-__all__ = ["Outcomes", "status_class"]
+__all__ = ["Outcomes"]
 
 
 @dataclass(frozen=True)
@@ -48,12 +48,3 @@ class Outcomes:
     def as_dict(self) -> dict[str, int]:
         return {"requests": self.requests, "ok": self.ok, "4xx": self.client_error,
                 "5xx": self.server_error, "failed": self.failed}
-
-
-def status_class(status: int) -> str:
-    """The `Outcomes` field an HTTP status counts in."""
-    if status >= 500:
-        return "server_error"
-    if status >= 400:
-        return "client_error"
-    return "ok"

@@ -198,7 +198,8 @@ NAMES = tuple(f"rollover_{name}" for name in _SPECS)
 
 # The `rollover` command line's own variables: an operator's shell may export them to the
 # master too, which leaves them alone.
-CLI_ENVIRON = ("ROLLOVER_PIDFILE",)
+PIDFILE_ENV = "ROLLOVER_PIDFILE"  # the default of the CLI's --pidfile
+CLI_ENVIRON = (PIDFILE_ENV,)
 
 
 def _default_status_path(cfg: Any) -> str | None:

@@ -43,7 +43,6 @@ from rollover.gunicorn_compat import raw_read
 from rollover.probe import describe_exception, probe_asgi, probe_wsgi
 from rollover.worker import recycle, spread
 from rollover.worker.counting import Tally, counted_asgi, counted_wsgi
-from rollover.worker.spread import Spreader
 
 if TYPE_CHECKING:
     from rollover.settings import Settings
@@ -237,7 +236,7 @@ def with_readiness(worker_class: type, interface: Interface | None) -> type:
             # Runs in the master right before the fork: the master's ready clock starts now.
             self._rollover_spawned_at = time.monotonic()
             # max_requests (with gunicorn's jitter, drawn just now) becomes a request for a
-            # replacement; the class's own exit moves to the hard cap (rollover.worker.recycle)
+            # replacement; the class's own exit is switched off (rollover.worker.recycle)
             self._rollover_limits = (recycle.take_limits(self, settings)
                                      if settings is not None else recycle.Limits())
             self._rollover_tally = Tally()
@@ -294,8 +293,8 @@ def with_readiness(worker_class: type, interface: Interface | None) -> type:
             """Count requests from here on (the probe's is not one), and report the counts;
             while a canary window is open, send some keep-alive clients toward it."""
             tally = self._rollover_tally
-            close = Spreader().should_close if settings is not None and settings.canary \
-                else None
+            close = (spread.Spreader().should_close if settings is not None and settings.canary
+                     else None)
             reporter = recycle.Reporter(self, tally, self._rollover_limits, report)
             if interface == "uvicorn":
                 self.config.loaded_app = counted_asgi(self.config.loaded_app, tally, close,
