@@ -2,7 +2,8 @@
 
 The decisions live in `rollover.rollout.Machine`; this class is the imperative shell
 around it. It runs inside gunicorn's own main loop and never blocks it while rolling:
-- `wait_for_signals` also wakes on readiness messages from workers and feeds them in;
+- `wait_for_signals` also wakes on messages from workers (`rollover.channel`: one pipe
+  per worker) and feeds them in;
 - `reap_workers` reports exits (and never halts the master on a worker's boot error);
 - `manage_workers` asks the machine what to do and does it, then writes the status;
 - `handle_hup` reloads the config and refreshes imports (the only step that may block
@@ -10,6 +11,11 @@ around it. It runs inside gunicorn's own main loop and never blocks it while rol
 `activate(server)` switches a running `Arbiter` to this class (from `rollover.hooks`);
 `RollingArbiter(app)` builds one directly, like gunicorn's `Arbiter(app)`. What differs
 between gunicorn versions lives in `rollover.gunicorn_compat`.
+
+gunicorn stops the master on any exception that escapes its loop. Rollover's own code in
+the loop is a fault boundary instead (`_fault`): an exception there is logged at ERROR
+with its traceback, and the master goes on with gunicorn's own behaviour for that step
+(`manage_workers` keeps `workers` processes running as gunicorn's does).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any, NamedTuple, NoReturn
 
 import gunicorn
@@ -41,14 +48,18 @@ from rollover import (
     status,
 )
 from rollover.canary import CanaryPolicy
-from rollover.outcomes import Outcomes
-from rollover.worker import readiness, spread
+from rollover.channel import Channel
+from rollover.core.messages import Counts, Failed, Ready, Recycle
+from rollover.worker import readiness, sender, spread
 
 # The gunicorn hooks `rollover.hooks` defines: each reports to `hook_ran` when it runs.
 HOOK_NAMES = ("on_starting", "when_ready")
 
 # Seconds between status writes when only the workers' request counts changed.
 STATUS_COUNTS_EVERY = 1.0
+
+# The same internal error again within this many seconds is counted, not logged again.
+FAULT_LOG_EVERY = 60.0
 
 
 class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
@@ -64,7 +75,7 @@ class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
     # switched on a running arbiter (whose `__init__` has run as gunicorn's).
     machine: rollout.Machine
     settings: settings.Settings
-    channel: readiness.Channel
+    channel: Channel
 
     def __init__(self, app: Any) -> None:
         super().__init__(app)
@@ -73,11 +84,16 @@ class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
     def _rollover_init(self) -> None:
         self.settings = _resolve_or_exit(self)
         readiness.configure(self.settings)
-        self.channel = readiness.Channel()
+        self.channel = Channel()  # a pipe per worker, made at each fork
+        spread.create()  # the canary window's board, shared (read-only) with every worker
         self._init_loop()
         # pid -> why rollover (or a stop) signalled it: its exit is planned, logged at INFO
         self._planned: dict[int, str] = {}
         self._stopping = False
+        # internal errors contained by the fault boundary: count, and when each was logged
+        self.faults = 0
+        self._fault_logged: dict[tuple[str, str], float] = {}
+        self._adopt_unknown = False
         self._service_init()  # systemd notify (before gunicorn's READY=1), status cleanup
         _register_fork_cleanup(self)
         self.machine = rollout.Machine(self._policy(), target=self.num_workers)
@@ -184,29 +200,54 @@ class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
     # The loop's wait and wake (signal, wakeup, wait_for_signals / sleep) come from
     # gunicorn_compat.Loop; it calls these two to wake on and hear readiness messages.
 
-    def _channel_fd(self) -> int:
-        return self.channel.fileno()
+    def _channel_fds(self) -> list[int]:
+        return self.channel.fds()
 
-    def _read_channel(self) -> None:
-        messages, problems = self.channel.drain()
-        for problem in problems:
-            self.log.warning("rollover: %s", problem)
+    def _read_channel(self, fds: Iterable[int] | None = None) -> None:
+        """Hear what the workers sent (on the pipes `fds`, or all): never raises."""
+        try:
+            deliveries, problems = self.channel.read(fds)
+            for problem in problems:
+                self.log.warning("rollover: %s", problem)
+            now = time.monotonic()
+            for d in deliveries:
+                match d.message:
+                    case Ready():
+                        self.machine.ready(now, d.pid)
+                    case Failed(cause):
+                        self.machine.failed(d.pid, cause)
+                    case Counts(outcomes):
+                        self.machine.counted(now, d.pid, outcomes)
+                    case Recycle(reason, overdue):
+                        self.machine.recycle_requested(now, d.pid, reason, overdue=overdue)
+        except Exception:
+            self._fault("reading the workers' messages")
+
+    def spawn_worker(self) -> int:
+        # gunicorn's, with the worker's own pipe to the master made around the fork
+        self.channel.prepare()
+        try:
+            pid: int = super().spawn_worker()
+        except BaseException:
+            if os.getpid() == self.pid:  # not the child's exit on its way out
+                self.channel.abandon()
+            raise
+        self.channel.attach(pid)
+        return pid
+
+    def _fault(self, where: str) -> None:
+        """The fault boundary: an exception from rollover's own code in the master's loop
+        (called from its `except`). Logged at ERROR with its traceback (the same one again
+        within `FAULT_LOG_EVERY` seconds only counted); the master goes on."""
+        self.faults += 1
+        exc = sys.exc_info()[1]
+        key = (where, f"{type(exc).__name__}: {exc}")
         now = time.monotonic()
-        for m in messages:
-            if m.event == "ready":
-                self.machine.ready(now, m.pid)
-            elif m.event == "failed":
-                self.machine.failed(m.pid, m.detail)
-            elif m.event == "counts":
-                try:
-                    self.machine.counted(now, m.pid, Outcomes.decode(m.detail))
-                except ValueError as exc:
-                    self.log.warning("rollover: bad counts from worker %s: %s", m.pid, exc)
-            elif m.event in ("recycle", "recycle-overdue"):
-                self.machine.recycle_requested(now, m.pid, m.detail,
-                                               overdue=m.event == "recycle-overdue")
-            else:
-                self.log.warning("rollover: unknown readiness event %r from %s", m.event, m.pid)
+        if now - self._fault_logged.get(key, float("-inf")) < FAULT_LOG_EVERY:
+            return
+        self._fault_logged[key] = now
+        self.log.exception("rollover: internal error while %s; the master goes on "
+                           "(%s contained so far)", where, self.faults)
 
     def hook_ran(self, name: str) -> None:
         self._hooks_ran.add(name)
@@ -224,18 +265,46 @@ class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
     def manage_workers(self) -> None:
         if not self._hooks_checked:
             self._check_hooks()
+        try:
+            self._roll()
+        except HaltServer:
+            raise
+        except Exception:
+            self._fault("deciding the roll")
+            # gunicorn's own manage_workers for this tick: `workers` processes kept running
+            # (what it spawns, the machine adopts on the next tick)
+            self._adopt_unknown = True
+            try:
+                Arbiter.manage_workers(self)
+            except Exception:
+                self._fault("managing workers as gunicorn does")
+        for step, where in ((self._emit_metrics, "sending metrics"),
+                            (self._write_status, "writing the status file"),
+                            # after the status: a READY=1 finds the file saying so
+                            (self._notify_progress, "notifying systemd")):
+            try:
+                step()
+            except Exception:
+                self._fault(where)
+
+    def _roll(self) -> None:
+        """Tell the machine what changed, execute what it decides."""
         now = time.monotonic()
         for pid in [p for p in self.machine.workers if p not in self.WORKERS]:
             # gunicorn's kill_worker forgets a worker it finds already gone (ESRCH)
             self.machine.exited(now, pid, "vanished", None)
+        self.channel.keep_only(self.WORKERS)
+        if self._adopt_unknown:
+            # after a fault: workers gunicorn's manage_workers forked are the machine's too
+            self._adopt_unknown = False
+            for pid in self.WORKERS:
+                if pid not in self.machine.workers and pid not in self._planned:
+                    self.machine.spawned(now, pid, self.machine.spawn_generation)
         for action in self.machine.tick(now, self.num_workers):
             self._execute(action, now)
         if (self._previous is not None and self.machine.rollout is None
                 and self._previous.generation != self.machine.stable_generation):
             self._previous = None  # a roll succeeded: its generation is the serving one
-        self._emit_metrics()
-        self._write_status()
-        self._notify_progress()  # after the status: a READY=1 finds the file saying so
 
     def _emit_metrics(self) -> None:
         count = len(self.WORKERS)
@@ -333,7 +402,9 @@ class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
                     self.log.debug("Reaped unknown child process (pid:%s, status:%s)",
                                    wpid, wstatus)
                     continue
-                self._read_channel()  # its failure cause was written before it exited
+                # its failure cause was written before it exited; then its pipe goes
+                self._read_channel(self.channel.fds_of(wpid))
+                self.channel.close(wpid)
                 planned = self._planned.pop(wpid, None)
                 exits.log_exit(self.log, wpid, wstatus, planned)
                 description, exit_code = exits.describe(wstatus)
@@ -657,9 +728,19 @@ def _register_fork_cleanup(arbiter: RollingArbiter) -> None:
     _active = arbiter
 
 
+# Set in every process the master forks (a worker, the dirty arbiter, a re-exec).
+_forked = False
+
+
 def _after_fork_in_child() -> None:
+    global _forked
+    if _forked:
+        # forked by a worker: the app's own subprocess has nothing to tell the master
+        sender.disconnect()
+        return
     if _active is None:
         return
+    _forked = True
     # Until the worker installs its own handlers, a stop signal must stop it, not land in
     # the master's signal queue copied into the child.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
@@ -667,8 +748,9 @@ def _after_fork_in_child() -> None:
     imports_graph.uninstall()  # only the master refreshes
     if _active._spawn_pins:  # a worker: its generation's release, not whatever is current
         pinning.pin(_active._spawn_pins)
-    # A worker keeps only the write end of the readiness pipe.
+    # A worker keeps only the write end of its own pipe; the canary board, read-only.
     _active.channel.close_in_child()
+    spread.seal_in_child()
     for fd in _active._loop_fds():
         with contextlib.suppress(OSError):
             os.close(fd)

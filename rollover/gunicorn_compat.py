@@ -12,8 +12,8 @@
   the handler only flags the exit and wakes the loop, and `sleep()` reaps. Only `stop()`
   (gunicorn 23's waits for the handler to reap) gets a reaping handler back.
 
-Both loops also wake at once on a readiness message (the channel's pipe is in the same
-`select`). The rest is small: the dirty arbiter (25.3+, `handle_dirty_arbiter_exit` 26+),
+Both loops also wake at once on a worker's message (its pipe is polled with the wake
+pipe). The rest is small: the dirty arbiter (25.3+, `handle_dirty_arbiter_exit` 26+),
 `_stats` (25.3+), the backlog metric (24.1+), and the level gunicorn logs a SIGTERMed
 worker at (23: ERROR). What a version lacks is simply absent.
 """
@@ -50,6 +50,21 @@ VERSION = _version(gunicorn.__version__)
 # `-k eventlet`, and eventlet's green read/write/select wait in its hub on EAGAIN instead
 # of raising, inside a signal handler too. rollover is imported first (it is the config).
 raw_read, raw_write, raw_select = os.read, os.write, select.select
+raw_poll = getattr(select, "poll", None)
+
+
+def wait_readable(fds: list[int], timeout: float) -> list[int]:
+    """The fds of `fds` readable within `timeout` seconds ([] on a signal). poll where the
+    platform has it: select() cannot take an fd above 1023, which a busy master can hold."""
+    try:
+        if raw_poll is None:
+            return list(raw_select(fds, [], [], timeout)[0])
+        poller = raw_poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        return [fd for fd, _ in poller.poll(timeout * 1000)]
+    except InterruptedError:
+        return []
 
 # gunicorn 24.1 replaced the self-pipe and the signal list with a SimpleQueue.
 QUEUED_SIGNALS = hasattr(Arbiter, "wait_for_signals")
@@ -95,8 +110,7 @@ class QueueLoop:
             raw_write(self._wake_w, b".")
 
     def wait_for_signals(self, timeout: float = 1.0) -> list[int]:
-        with contextlib.suppress(InterruptedError):
-            raw_select([self._wake_r, self._channel_fd()], [], [], timeout)
+        readable = wait_readable([self._wake_r, *self._channel_fds()], timeout)
         with contextlib.suppress(OSError):
             while raw_read(self._wake_r, 4096):
                 pass
@@ -108,15 +122,13 @@ class QueueLoop:
             if sig == signal.SIGHUP and sig in signals:
                 continue  # a burst of HUPs is one reload
             signals.append(sig)
-        # After the signal queue: a worker writes its failure cause before it exits, so
-        # every SIGCHLD taken above has its message in the pipe already.
-        self._read_channel()
+        self._read_channel([fd for fd in readable if fd != self._wake_r])
         return signals
 
-    def _channel_fd(self) -> int:
+    def _channel_fds(self) -> list[int]:
         raise NotImplementedError
 
-    def _read_channel(self) -> None:
+    def _read_channel(self, fds: list[int] | None = None) -> None:
         raise NotImplementedError
 
 
@@ -152,8 +164,9 @@ class PipeLoop:
             raw_write(self.PIPE[1], b".")
 
     def sleep(self) -> None:
+        readable: list[int] = []
         try:
-            raw_select([self.PIPE[0], self._channel_fd()], [], [], 1.0)
+            readable = wait_readable([self.PIPE[0], *self._channel_fds()], 1.0)
             while raw_read(self.PIPE[0], 4096):
                 pass
         except OSError as exc:
@@ -161,7 +174,7 @@ class PipeLoop:
                 raise
         except KeyboardInterrupt:
             sys.exit()
-        self._read_channel()
+        self._read_channel([fd for fd in readable if fd != self.PIPE[0]])
         if self._chld_pending:
             self._chld_pending = False
             self.reap_workers()
@@ -174,10 +187,10 @@ class PipeLoop:
     def reap_workers(self) -> None:
         raise NotImplementedError
 
-    def _channel_fd(self) -> int:
+    def _channel_fds(self) -> list[int]:
         raise NotImplementedError
 
-    def _read_channel(self) -> None:
+    def _read_channel(self, fds: list[int] | None = None) -> None:
         raise NotImplementedError
 
 

@@ -33,18 +33,6 @@ class Outcomes:
         return Outcomes(*(max(0, a - b)
                           for a, b in zip(astuple(self), astuple(other), strict=True)))
 
-    def encode(self) -> str:
-        """The form a worker sends over the readiness channel: five numbers."""
-        return " ".join(map(str, astuple(self)))
-
-    @classmethod
-    def decode(cls, text: str) -> Outcomes:
-        """ValueError for anything but five non-negative whole numbers."""
-        numbers = [int(part) for part in text.split()]
-        if len(numbers) != 5 or min(numbers) < 0:
-            raise ValueError(f"expected five counts, got {text[:80]!r}")
-        return cls(*numbers)
-
     def as_dict(self) -> dict[str, int]:
         return {"requests": self.requests, "ok": self.ok, "4xx": self.client_error,
                 "5xx": self.server_error, "failed": self.failed}

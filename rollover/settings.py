@@ -7,6 +7,7 @@ validated up front; a bad one is a `SettingsError` with a one-line message.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -19,19 +20,64 @@ class SettingsError(ValueError):
     """A rollover setting has a bad value (one-line message)."""
 
 
-def _number(name: str, value: Any, *, minimum: float, integer: bool = False) -> float:
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting takes: `minimum` to `maximum`, both included."""
+
+    minimum: float
+    maximum: float
+    integer: bool = False
+    unit: str = ""  # " s", " MiB", or "" for a count
+
+    def __str__(self) -> str:
+        return f"{self.minimum:g} to {self.maximum:g}{self.unit}"
+
+
+_DAY, _YEAR = 86_400, 365 * 86_400
+
+# Every numeric setting's range, as the README's settings table states it. Out of range
+# (or not finite) is a `SettingsError`, like a value of the wrong type.
+RANGES: dict[str, Range] = {
+    "ready_timeout": Range(0.1, _DAY, unit=" s"),
+    "max_surge": Range(1, 1000, integer=True),
+    "graceful_timeout": Range(0, _DAY, unit=" s"),
+    "max_draining": Range(1, 1000, integer=True),
+    "backoff_max": Range(0.1, _DAY, unit=" s"),
+    "refresh_timeout": Range(0.5, 3600, unit=" s"),
+    "max_worker_rss": Range(1, 1024 * 1024, unit=" MiB"),
+    "max_worker_age": Range(1, _YEAR, unit=" s"),
+    "max_worker_age_jitter": Range(0, _YEAR, unit=" s"),
+    "canary_requests": Range(1, 1_000_000, integer=True),
+    "canary_seconds": Range(0.5, _DAY, unit=" s"),
+    "canary_threshold": Range(0, 0.99),
+    "canary_min_failures": Range(1, 1_000_000, integer=True),
+}
+
+
+def _number(name: str, value: Any, limits: Range) -> float:
+    integer = limits.integer
     if isinstance(value, bool):
         raise SettingsError(f"{name} must be a number, got {value!r}")
     try:
         number = int(value) if integer else float(value)
-    except (TypeError, ValueError):
-        kind = "a whole number" if integer else "a number of seconds"
-        raise SettingsError(f"{name} must be {kind}, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        kind = "a whole number" if integer else "a number"
+        raise SettingsError(f"{name} must be {kind}, got {_shown(value)}") from None
     if integer and isinstance(value, float) and value != int(value):
-        raise SettingsError(f"{name} must be a whole number, got {value!r}")
-    if number < minimum:
-        raise SettingsError(f"{name} must be >= {minimum:g}, got {value!r}")
+        raise SettingsError(f"{name} must be a whole number, got {_shown(value)}")
+    if not ((integer or math.isfinite(number)) and limits.minimum <= number <= limits.maximum):
+        raise SettingsError(f"{name} must be {limits}, got {_shown(value)}")
     return number
+
+
+def _ranged(key: str) -> Callable[[str, Any], float]:
+    limits = RANGES[key]
+    return lambda name, value: _number(name, value, limits)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _bool(name: str, value: Any) -> bool:
@@ -42,7 +88,7 @@ def _bool(name: str, value: Any) -> bool:
         return True
     if text in ("0", "false", "no", "off"):
         return False
-    raise SettingsError(f"{name} must be true or false, got {value!r}")
+    raise SettingsError(f"{name} must be true or false, got {_shown(value)}")
 
 
 def _optional(name: str, value: Any, parse: Callable[[], float]) -> float | None:
@@ -52,18 +98,11 @@ def _optional(name: str, value: Any, parse: Callable[[], float]) -> float | None
     return parse()
 
 
-def _fraction(name: str, value: Any) -> float:
-    number = _number(name, value, minimum=0)
-    if number >= 1:
-        raise SettingsError(f"{name} must be a fraction below 1 (0.2: 20 points), got {value!r}")
-    return number
-
-
 def _path(name: str, value: Any) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise SettingsError(f"{name} must be a file path, got {value!r}")
+        raise SettingsError(f"{name} must be a file path, got {_shown(value)}")
     return value
 
 
@@ -71,7 +110,7 @@ def _probe_path(name: str, value: Any) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str) or not value.startswith("/"):
-        raise SettingsError(f"{name} must be a path starting with '/', got {value!r}")
+        raise SettingsError(f"{name} must be a path starting with '/', got {_shown(value)}")
     return value
 
 
@@ -130,66 +169,39 @@ class Settings:
 # name -> (parser, default computed from the gunicorn config)
 _SPECS: dict[str, tuple[Callable[[str, Any], Any], Callable[[Any], Any]]] = {
     "ready_timeout": (
-        lambda n, v: _number(n, v, minimum=0.1),
+        _ranged("ready_timeout"),
         lambda cfg: float(cfg.timeout) if cfg.timeout else 30.0,
     ),
-    "max_surge": (
-        lambda n, v: int(_number(n, v, minimum=1, integer=True)),
-        lambda cfg: 1,
-    ),
-    "status_path": (
-        _path,
-        lambda cfg: _default_status_path(cfg),
-    ),
-    "graceful_timeout": (
-        lambda n, v: _number(n, v, minimum=0),
-        lambda cfg: float(cfg.graceful_timeout),
-    ),
-    "max_draining": (
-        lambda n, v: int(_number(n, v, minimum=1, integer=True)),
-        lambda cfg: 1,
-    ),
-    "backoff_max": (
-        lambda n, v: _number(n, v, minimum=0.1),
-        lambda cfg: 30.0,
-    ),
+    "max_surge": (lambda n, v: int(_ranged("max_surge")(n, v)), lambda cfg: 1),
+    "status_path": (_path, lambda cfg: _default_status_path(cfg)),
+    "graceful_timeout": (_ranged("graceful_timeout"), lambda cfg: float(cfg.graceful_timeout)),
+    "max_draining": (lambda n, v: int(_ranged("max_draining")(n, v)), lambda cfg: 1),
+    "backoff_max": (_ranged("backoff_max"), lambda cfg: 30.0),
     "refresh": (_bool, lambda cfg: True),
     "refresh_dependents": (_bool, lambda cfg: True),
-    "refresh_timeout": (
-        lambda n, v: _number(n, v, minimum=0.5),
-        lambda cfg: 10.0,
-    ),
+    "refresh_timeout": (_ranged("refresh_timeout"), lambda cfg: 10.0),
     "probe_path": (_probe_path, lambda cfg: None),
     "reexec_python": (_path, lambda cfg: None),
     "drain": (_bool, lambda cfg: True),
     "recycle": (_bool, lambda cfg: True),
     "max_worker_rss": (
-        lambda n, v: _optional(n, v, lambda: _number(n, v, minimum=1)),
+        lambda n, v: _optional(n, v, lambda: _ranged("max_worker_rss")(n, v)),
         lambda cfg: None,
     ),
     "max_worker_age": (
-        lambda n, v: _optional(n, v, lambda: _number(n, v, minimum=1)),
+        lambda n, v: _optional(n, v, lambda: _ranged("max_worker_age")(n, v)),
         lambda cfg: None,
     ),
     "canary": (_bool, lambda cfg: True),
-    "canary_requests": (
-        lambda n, v: int(_number(n, v, minimum=1, integer=True)),
-        lambda cfg: 50,
-    ),
-    "canary_seconds": (
-        lambda n, v: _number(n, v, minimum=0.5),
-        lambda cfg: 10.0,
-    ),
-    "canary_threshold": (
-        lambda n, v: _fraction(n, v),
-        lambda cfg: 0.2,
-    ),
+    "canary_requests": (lambda n, v: int(_ranged("canary_requests")(n, v)), lambda cfg: 50),
+    "canary_seconds": (_ranged("canary_seconds"), lambda cfg: 10.0),
+    "canary_threshold": (_ranged("canary_threshold"), lambda cfg: 0.2),
     "canary_min_failures": (
-        lambda n, v: int(_number(n, v, minimum=1, integer=True)),
+        lambda n, v: int(_ranged("canary_min_failures")(n, v)),
         lambda cfg: 5,
     ),
     "max_worker_age_jitter": (
-        lambda n, v: None if v is None or v == "" else _number(n, v, minimum=0),
+        lambda n, v: None if v is None or v == "" else _ranged("max_worker_age_jitter")(n, v),
         lambda cfg: None,
     ),
 }

@@ -9,6 +9,8 @@ from types import SimpleNamespace
 import pytest
 from gunicorn.config import Config
 
+from rollover.core import messages
+from rollover.core.messages import Counts
 from rollover.outcomes import Outcomes
 from rollover.settings import resolve
 from rollover.worker.counting import Tally, counted_wsgi
@@ -92,4 +94,5 @@ def test_counting_wsgi_by_class() -> None:
         counted({"PATH_INFO": "/boom"}, lambda *a: None)
     assert tally.snapshot() == Outcomes(requests=5, ok=2, client_error=1, server_error=1,
                                         failed=1)
-    assert Outcomes.decode(tally.snapshot().encode()) == tally.snapshot()
+    sent = messages.decode(messages.encode(7, Counts(tally.snapshot())).rstrip(b"\n"))
+    assert sent == messages.Envelope(7, Counts(tally.snapshot()))

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from rollover.settings import NAMES, SettingsError, resolve
+from rollover.settings import _SPECS, NAMES, RANGES, SettingsError, resolve
 
 
 def gunicorn_cfg(**overrides: object) -> SimpleNamespace:
@@ -49,7 +49,7 @@ def test_environment_wins_over_config() -> None:
 @pytest.mark.parametrize(
     ("namespace", "environ", "message"),
     [
-        ({"rollover_max_surge": 0}, {}, "rollover_max_surge must be >= 1"),
+        ({"rollover_max_surge": 0}, {}, "rollover_max_surge must be 1 to 1000"),
         ({"rollover_max_surge": 1.5}, {}, "rollover_max_surge must be a whole number"),
         ({}, {"ROLLOVER_READY_TIMEOUT": "soon"}, "ROLLOVER_READY_TIMEOUT must be a number"),
         ({"rollover_ready_timeout": True}, {}, "rollover_ready_timeout must be a number"),
@@ -98,3 +98,42 @@ def test_drain_is_on_by_default_and_can_be_turned_off() -> None:
 def test_the_cli_pidfile_variable_is_not_a_master_setting() -> None:
     # `export ROLLOVER_PIDFILE=...` for `rollover reload`, then gunicorn from the same shell
     assert resolve(gunicorn_cfg(), {}, {"ROLLOVER_PIDFILE": "/run/app/gunicorn.pid"})
+
+
+@pytest.mark.parametrize("name", sorted(RANGES))
+def test_every_number_has_a_range(name: str) -> None:
+    """Below, above, infinite, not a number and 400 digits: each one line, naming the range."""
+    limits = RANGES[name]
+    key = f"ROLLOVER_{name.upper()}"
+    below = limits.minimum - (1 if limits.integer else 0.01)
+    above = limits.maximum + 1
+    for raw in (str(below), str(above), "1e400", "-1e400", "nan", "9" * 400,
+                "99999999999"):
+        if raw == "99999999999" and limits.maximum >= 99999999999:
+            continue
+        with pytest.raises(SettingsError) as info:
+            resolve(gunicorn_cfg(), {}, {key: raw})
+        text = str(info.value)
+        assert text.startswith(f"{key} must be "), text
+        assert "\n" not in text and len(text) < 200, text
+    # both ends are accepted
+    for raw in (limits.minimum, limits.maximum):
+        value = int(raw) if limits.integer else raw
+        resolve(gunicorn_cfg(), {f"rollover_{name}": value}, {})
+
+
+def test_every_numeric_setting_is_ranged() -> None:
+    numeric = {name for name, (parse, _) in _SPECS.items()
+               if _rejects(parse, f"rollover_{name}", "1e400")
+               and not _rejects(parse, f"rollover_{name}", "1")}
+    assert numeric - {"refresh", "refresh_dependents", "drain", "recycle", "canary"} \
+        <= set(RANGES)
+    assert set(RANGES) <= set(_SPECS)
+
+
+def _rejects(parse: object, name: str, raw: str) -> bool:
+    try:
+        parse(name, raw)  # type: ignore[operator]
+    except SettingsError:
+        return True
+    return False

@@ -1,8 +1,7 @@
-"""How a worker tells the master "I am READY" (or why it is not), and how the master hears it.
+"""How a worker tells the master "I am READY" (or why it is not). Runs in the worker.
 
-The master creates one pipe before it forks any worker; every worker inherits the write
-end. A worker writes one JSON line per event; lines are shorter than PIPE_BUF, so writes
-from concurrent workers never interleave. READY is sent on the worker's first heartbeat
+Each worker has a pipe of its own to the master (`rollover.worker.sender`, typed messages
+of `rollover.core.messages`). READY is sent on the worker's first heartbeat
 (`Worker.notify`), which every gunicorn worker class calls once its serving loop runs:
 after the app is loaded and, for ASGI workers, after lifespan startup completed (an app
 without lifespan support still reaches the loop, so READY never hangs on it).
@@ -31,27 +30,18 @@ which uses the same code). The master aborts the roll; the old workers keep serv
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from rollover.gunicorn_compat import raw_read
+from rollover.core.messages import Failed, Ready
 from rollover.probe import describe_exception, probe_asgi, probe_wsgi
-from rollover.worker import recycle, spread
+from rollover.worker import recycle, sender, spread
 from rollover.worker.counting import Tally, counted_asgi, counted_wsgi
 
 if TYPE_CHECKING:
     from rollover.settings import Settings
-
-# Leave room under PIPE_BUF (4096 on Linux) for the JSON framing.
-_MAX_DETAIL = 1500
-
-# The write end, set in the master before the first fork and inherited by every worker.
-_write_fd: int | None = None
 
 # The master's current rollover settings, inherited by each worker at fork.
 settings: Settings | None = None
@@ -70,66 +60,9 @@ def configure(current: Settings) -> None:
     settings = current
 
 
-@dataclass(frozen=True)
-class Message:
-    pid: int
-    event: str  # "ready" | "failed"
-    detail: str = ""
-
-
-class Channel:
-    """The master's end: non-blocking reads, framed by newlines, garbage reported."""
-
-    def __init__(self) -> None:
-        global _write_fd
-        self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        # Workers must never block on a full pipe: they drop the message instead.
-        _write_fd = self.write_fd
-        spread.create()  # the canary window's board, shared with every worker forked
-        self._buffer = b""
-
-    def fileno(self) -> int:
-        return self.read_fd
-
-    def drain(self) -> tuple[list[Message], list[str]]:
-        """Everything readable now: (messages, problems with garbled input)."""
-        chunks = []
-        while True:
-            try:
-                # the stdlib's read: EAGAIN raises even in an eventlet-patched master
-                chunk = raw_read(self.read_fd, 65536)
-            except BlockingIOError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        self._buffer += b"".join(chunks)
-        *lines, self._buffer = self._buffer.split(b"\n")
-        messages, problems = [], []
-        for line in lines:
-            try:
-                raw = json.loads(line)
-                messages.append(Message(int(raw["pid"]), str(raw["event"]),
-                                        str(raw.get("detail", ""))))
-            except (ValueError, KeyError, TypeError):
-                problems.append(f"garbled readiness message: {line[:200]!r}")
-        return messages, problems
-
-    def close_in_child(self) -> None:
-        """In a forked worker: the read end belongs to the master."""
-        with contextlib.suppress(OSError):
-            os.close(self.read_fd)
-
-
-def report(event: str, detail: str = "") -> None:
-    """Worker side: tell the master. Never raises: a worker must not die of telling."""
-    if _write_fd is None:
-        return
-    if len(detail) > _MAX_DETAIL:
-        detail = detail[:_MAX_DETAIL] + "..."
-    line = json.dumps({"pid": os.getpid(), "event": event, "detail": detail}) + "\n"
-    with contextlib.suppress(OSError):
-        os.write(_write_fd, line.encode("utf-8", "replace"))
+def report_failed(cause: str) -> None:
+    """Tell the master why this worker cannot boot (its exit follows)."""
+    sender.send(Failed(cause))
 
 
 def _listener_address(sockets: list[Any]) -> tuple[str, int]:
@@ -170,7 +103,7 @@ def _watch_lifespan(app: Callable[..., Any], probe: Probe | None = None) -> Call
             cause = await probe(app, scope.get("state"))
             if cause is None:
                 return False
-            report("failed", cause)
+            report_failed(cause)
             await send({"type": "lifespan.startup.failed", "message": cause})
             return True
 
@@ -180,7 +113,7 @@ def _watch_lifespan(app: Callable[..., Any], probe: Probe | None = None) -> Call
             if kind == "lifespan.startup.failed":
                 startup_ended = True
                 lines = str(message.get("message") or "").strip().splitlines()
-                report("failed", "lifespan startup failed" + (f": {lines[-1]}" if lines else ""))
+                report_failed("lifespan startup failed" + (f": {lines[-1]}" if lines else ""))
             elif kind == "lifespan.startup.complete":
                 startup_ended = True
                 if probe is not None and await probe_failed():
@@ -245,7 +178,7 @@ def with_readiness(worker_class: type, interface: Interface | None) -> type:
             super().notify()
             if not self._rollover_ready:
                 self._rollover_ready = True
-                report("ready")
+                sender.send(Ready())
 
         def load_wsgi(self) -> None:
             super().load_wsgi()
@@ -295,7 +228,7 @@ def with_readiness(worker_class: type, interface: Interface | None) -> type:
             tally = self._rollover_tally
             close = (spread.Spreader().should_close if settings is not None and settings.canary
                      else None)
-            reporter = recycle.Reporter(self, tally, self._rollover_limits, report)
+            reporter = recycle.Reporter(self, tally, self._rollover_limits, sender.send)
             if interface == "uvicorn":
                 self.config.loaded_app = counted_asgi(self.config.loaded_app, tally, close,
                                                       reporter.last_counts)
@@ -311,7 +244,7 @@ def with_readiness(worker_class: type, interface: Interface | None) -> type:
             return max(0.1, left - _PROBE_MARGIN)
 
         def _rollover_probe_failed(self, cause: str, logged: bool = False) -> None:
-            report("failed", cause)
+            report_failed(cause)
             if not logged:
                 self.log.error("rollover: %s; worker exiting (code %s)", cause,
                                PROBE_FAILED_EXIT_CODE)
@@ -341,7 +274,7 @@ def with_readiness(worker_class: type, interface: Interface | None) -> type:
                 raise
             except BaseException as exc:
                 if not self._rollover_ready:
-                    report("failed", describe_exception(exc))
+                    report_failed(describe_exception(exc))
                 raise
 
     ReportingWorker.__name__ = worker_class.__name__

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from rollover.core.messages import Counts, Message, Recycle
 from rollover.outcomes import Outcomes
 from rollover.worker import spread
 from rollover.worker.counting import Tally
@@ -123,7 +124,7 @@ class Reporter:
     """The worker's reporting thread (see the module docstring)."""
 
     def __init__(self, worker: Any, tally: Tally, limits: Limits,
-                 send: Callable[[str, str], None]) -> None:
+                 send: Callable[[Message], None]) -> None:
         self.worker = worker
         self.send = send
         self.tally = tally
@@ -145,7 +146,7 @@ class Reporter:
         it at lifespan shutdown): what it served since the last report."""
         counts = self.tally.snapshot()
         if counts != self._sent:
-            self.send("counts", counts.encode())
+            self.send(Counts(counts))
 
     def _rss(self) -> int | None:
         if self._process is None:
@@ -163,10 +164,10 @@ class Reporter:
             counts = self.tally.snapshot()
             now = time.monotonic()
             if counts != self._sent and (now >= next_counts or spread.window_open()):
-                self.send("counts", counts.encode())
+                self.send(Counts(counts))
                 self._sent, next_counts = counts, now + QUIET_COUNTS_EVERY
             if self.limits.any and now >= next_ask:
                 ask = due(self.limits, counts.requests, self._rss(), now - self.started)
                 if ask is not None and getattr(self.worker, "alive", True):
-                    self.send("recycle-overdue" if ask.overdue else "recycle", ask.reason)
+                    self.send(Recycle(ask.reason, overdue=ask.overdue))
                     next_ask = now + ASK_EVERY

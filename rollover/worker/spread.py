@@ -6,28 +6,60 @@ window is open, every old worker answers one in `every` (the old workers + 1) of
 requests with ``Connection: close``: its clients reconnect, and the accepts spread over
 all workers, the canary included.
 
-The board is a few bytes of anonymous shared memory, mapped by the master before it forks
-any worker (so every worker shares it): bytes 0-3 the canary's pid, byte 4 `every` (0:
-the window is closed). A worker reads one byte per request: no syscall.
+The board is a few bytes of shared memory (a memfd), mapped by the master before it forks
+any worker: bytes 0-3 the canary's pid, byte 4 `every` (0: the window is closed). A worker
+reads one byte per request: no syscall. Only the master writes it: each forked process
+maps it again read-only and closes the file (`seal_in_child`, from the fork hook), so app
+code that writes to it gets a TypeError and cannot open a canary window of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
+import tempfile
 
-__all__ = ["Spreader", "close_window", "create", "open_window", "window_open"]
+__all__ = ["Spreader", "close_window", "create", "open_window", "seal_in_child",
+           "window_open"]
 
 _FORMAT = "<IB"
+_SIZE = struct.calcsize(_FORMAT)
 _board: mmap.mmap | None = None
+_fd: int | None = None  # the master's file behind the board (closed in every child)
 
 
 def create() -> None:
     """Master side, before the first fork."""
-    global _board
-    if _board is None:
-        _board = mmap.mmap(-1, struct.calcsize(_FORMAT))  # MAP_SHARED | MAP_ANONYMOUS
+    global _board, _fd
+    if _board is not None:
+        return
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("rollover-canary-board")  # close-on-exec
+    else:
+        with tempfile.TemporaryFile() as tmp:
+            fd = os.dup(tmp.fileno())
+    os.ftruncate(fd, _SIZE)
+    _board, _fd = mmap.mmap(fd, _SIZE), fd  # MAP_SHARED, read-write: the master's
+
+
+def seal_in_child() -> None:
+    """In a process forked by the master: the board again, read-only; the file closed."""
+    global _board, _fd
+    board, fd = _board, _fd
+    if board is None or fd is None:
+        return
+    try:
+        _board = mmap.mmap(fd, _SIZE, prot=mmap.PROT_READ)
+    except (OSError, ValueError):
+        _board = None  # no board: no window seen (never a writable one)
+    finally:
+        _fd = None
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        with contextlib.suppress(Exception):
+            board.close()
 
 
 def open_window(canary: int, every: int) -> None:

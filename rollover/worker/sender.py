@@ -1,0 +1,46 @@
+"""A worker's end of its pipe to the master: `send(message)`, which never raises or blocks.
+
+The master makes one pipe per worker right before it forks it (`rollover.channel`); the
+worker inherits the write end, named here by `use()` in the master just before the fork.
+Only that worker's messages travel on it, so the master knows the sender by the pipe, not
+by what a message says. A process the worker forks in turn (the app's own subprocesses)
+is disconnected (`disconnect()`, from the fork hook): it has nothing to tell the master.
+
+Writes are non-blocking: a full pipe drops the message (a worker must never wait on its
+master; what matters is sent again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from rollover.core.messages import Message, encode
+
+__all__ = ["disconnect", "send", "use"]
+
+_fd: int | None = None
+
+
+def use(fd: int | None) -> None:
+    """Master side, around a fork: the write end the next forked worker will own."""
+    global _fd
+    _fd = fd
+
+
+def disconnect() -> None:
+    """In a process forked by a worker: close the inherited write end."""
+    global _fd
+    fd, _fd = _fd, None
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def send(message: Message) -> None:
+    """Tell the master. Never raises: a worker must not die of telling."""
+    fd = _fd
+    if fd is None:
+        return
+    with contextlib.suppress(Exception):
+        os.write(fd, encode(os.getpid(), message))
