@@ -167,8 +167,11 @@ class PipeLoop:
         readable: list[int] = []
         try:
             readable = wait_readable([self.PIPE[0], *self._channel_fds()], 1.0)
-            while raw_read(self.PIPE[0], 4096):
-                pass
+            # bounded: gunicorn 23's workers inherit this pipe's write end, so app code
+            # can flood it; what is left wakes the next turn
+            for _ in range(16):
+                if not raw_read(self.PIPE[0], 4096):
+                    break
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EINTR):
                 raise
