@@ -406,22 +406,28 @@ class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
                 self._read_channel(self.channel.fds_of(wpid))
                 self.channel.close(wpid)
                 planned = self._planned.pop(wpid, None)
-                exits.log_exit(self.log, wpid, wstatus, planned)
-                description, exit_code = exits.describe(wstatus)
+                try:
+                    exits.log_exit(self.log, wpid, wstatus, planned)
+                except Exception:
+                    self._fault("logging a worker's exit")
                 worker.tmp.close()
                 try:
                     self.cfg.child_exit(self, worker)
                 except Exception:
                     self.log.exception("child_exit hook failed")
                 halt = None
-                if (exit_code in exits.HALT_REASONS and not self.machine.ever_ready
-                        and not self._stopping):
-                    assert exit_code is not None
-                    known = self.machine.workers.get(wpid)
-                    cause = known.cause if known is not None else None
-                    halt = HaltServer(exits.halt_reason(exit_code, cause), exit_code)
-                self.machine.exited(time.monotonic(), wpid, description, exit_code,
-                                    planned=planned is not None)
+                try:
+                    description, exit_code = exits.describe(wstatus)
+                    if (exit_code in exits.HALT_REASONS and not self.machine.ever_ready
+                            and not self._stopping):
+                        assert exit_code is not None
+                        known = self.machine.workers.get(wpid)
+                        cause = known.cause if known is not None else None
+                        halt = HaltServer(exits.halt_reason(exit_code, cause), exit_code)
+                    self.machine.exited(time.monotonic(), wpid, description, exit_code,
+                                        planned=planned is not None)
+                except Exception:
+                    self._fault("handling a worker's exit")  # the next tick sees it gone
                 if halt is not None:
                     raise halt
         except ChildProcessError:
@@ -432,6 +438,14 @@ class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
     def handle_hup(self) -> None:
         """Prepare the new generation (the only step that blocks the loop), then roll."""
         self.log.info("Hang up: %s", self.master_name)
+        try:
+            self._reload()
+        except Exception:
+            self._fault("reloading on HUP")
+        gunicorn_compat.forward_hup_to_dirty_arbiter(self)
+        self.manage_workers()
+
+    def _reload(self) -> None:
         self.notifier.reloading()
         gunicorn_compat.count_reload(self)
         started = time.monotonic()
@@ -462,8 +476,6 @@ class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
                                   if g >= self.machine.generation - 4}
             self._release_pins[self.machine.generation] = pins
             self._metric("rollover.rollouts.started", 1, "counter")
-        gunicorn_compat.forward_hup_to_dirty_arbiter(self)
-        self.manage_workers()
 
     def _snapshot(self) -> _Snapshot:
         return _Snapshot(self.machine.spawn_generation, self.app.cfg,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -307,3 +308,31 @@ def test_an_error_in_rollovers_own_code_is_contained_and_gunicorn_keeps_the_work
     assert log.count("RuntimeError: injected fault in the roll machine") == 1, log[-3000:]
     # only the worker killed by the test failed requests (none of its clients' retries)
     assert len(load.failed()) <= 3, load.describe()
+
+
+def test_every_numeric_setting_out_of_range_stops_the_start_with_one_line(
+    make_app: Callable[..., AppCode], tmp_path: Path,
+) -> None:
+    """ROLLOVER_<NAME> above its range, for each numeric setting: exit 1, one line."""
+    from harness import GUNICORN, free_port
+
+    from rollover.settings import RANGES
+
+    app = make_app()
+    app.write("v1", boot_delay=0.0)
+    procs = {}
+    for name, limits in RANGES.items():
+        key = f"ROLLOVER_{name.upper()}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLOVER_")}
+        env[key] = "1e400" if not limits.integer else "99999999999"
+        argv = [str(GUNICORN), "-c", "python:rollover.hooks", "-b",
+                f"127.0.0.1:{free_port()}", "--chdir", str(app.dir), "app:app"]
+        procs[key] = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True)
+    for key, proc in procs.items():
+        _out, err = proc.communicate(timeout=60)
+        lines = [line for line in err.splitlines() if line.startswith("rollover: ")]
+        assert proc.returncode == 1, (key, proc.returncode, err[-2000:])
+        assert len(lines) == 1 and lines[0].startswith(f"rollover: {key} must be "), err
+        assert "Traceback" not in err, err
+        assert "Booting worker" not in err, err

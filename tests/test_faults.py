@@ -179,7 +179,7 @@ _BAD_CONFIGS = [
     (
         "invalid-rollover-value",
         "from rollover.hooks import *\nrollover_max_surge = 0\n",
-        "rollover_max_surge must be >= 1, got 0",
+        "rollover_max_surge must be 1 to 1000, got 0",
     ),
 ]
 
