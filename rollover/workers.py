@@ -48,5 +48,8 @@ def __getattr__(name: str) -> Any:
     from rollover.worker.extend import drained
 
     worker_class = drained(stock)
+    if worker_class is not stock:
+        # named by the path that finds it (`-k`, pickle, tools printing a class path)
+        worker_class.__module__, worker_class.__qualname__ = __name__, name
     globals()[name] = worker_class
     return worker_class

@@ -90,6 +90,28 @@ def test_rollover_workers_are_the_stock_classes_with_the_drain() -> None:
         _ = workers.NoSuchWorker  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("name", ["UvicornWorker", "UvicornH11Worker", "ASGIWorker"])
+def test_rollover_workers_resolve_by_their_own_dotted_path(name: str) -> None:
+    """uvicorn-worker's suite (and pickle, and tools printing a class path) name a class by
+    f"{cls.__module__}.{cls.__qualname__}": that path must find the class itself."""
+    import pickle
+
+    from rollover import workers
+
+    cls = getattr(workers, name)
+    assert f"{cls.__module__}.{cls.__qualname__}" == f"rollover.workers.{name}"
+    assert load(f"{cls.__module__}.{cls.__qualname__}") is cls
+    assert pickle.loads(pickle.dumps(cls)) is cls
+
+
+def test_an_extended_class_is_named_as_the_class_it_extends() -> None:
+    """Its path finds the configured class, which a master extends the same way."""
+    for dotted, *_ in ASGI:
+        ext = extend_worker_class(load(dotted)).worker_class
+        found = load(f"{ext.__module__}.{ext.__qualname__}")
+        assert extend_worker_class(found).worker_class is ext, dotted
+
+
 def test_subclass_keeping_the_serving_loop_gets_the_drain() -> None:
     import uvicorn_worker
     from gunicorn.workers.gasgi import ASGIWorker

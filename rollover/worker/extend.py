@@ -163,7 +163,10 @@ def _with_mixin(worker_class: type, mixin: type) -> type:
     cached = _composed.get((worker_class, mixin))
     if cached is None:
         cached = type(worker_class.__name__, (mixin, worker_class),
-                      {"__qualname__": worker_class.__qualname__, "__module__": __name__,
+                      # named as the class it extends: its path finds that class, which
+                      # the master extends the same way (`rollover.workers` renames its own)
+                      {"__qualname__": worker_class.__qualname__,
+                       "__module__": worker_class.__module__,
                        "__doc__": f"{_name(worker_class)} with {mixin.__name__}."})
         _composed[(worker_class, mixin)] = cached
     return cached
