@@ -7,7 +7,7 @@ One-off measurement (not run by CI):
 The venv (made if missing, from PyPI) holds Django 5.1, pandas and SQLAlchemy; gunicorn and
 this work tree's rollover are seen through a `.pth` line (as in the tests). It measures
 
-1. the import recorder's overhead (`rollover.imports_graph.install()`): a fresh interpreter
+1. the import recorder's overhead (`rollover.refresh.imports_graph.install()`): a fresh interpreter
    imports pandas, SQLAlchemy (ORM, a declarative model) and Django (setup with two contrib
    apps), with and without the recorder, 7 runs each interleaved; medians;
 2. the HUP cost under `--preload` with that app in the master (~1,000+ modules): the
@@ -40,10 +40,10 @@ REPO = Path(__file__).resolve().parent.parent
 IMPORTS = """\
 import os, sys, time
 if os.environ.get("RECORD") == "1":
-    from rollover import imports_graph
+    from rollover.refresh import imports_graph
     imports_graph.install()
 else:
-    import rollover.imports_graph  # imported either way: only install() differs
+    import rollover.refresh.imports_graph  # imported either way: only install() differs
 t, c = time.perf_counter(), time.process_time()
 import pandas, sqlalchemy, sqlalchemy.orm
 import django

@@ -39,7 +39,6 @@ from rollover import (
     config_reload,
     exits,
     gunicorn_compat,
-    imports_graph,
     pinning,
     refresh,
     rollout,
@@ -50,6 +49,7 @@ from rollover import (
 from rollover.canary import CanaryPolicy
 from rollover.channel import Channel
 from rollover.core.messages import Counts, Failed, Ready, Recycle
+from rollover.refresh import imports_graph
 from rollover.worker import readiness, sender, spread
 
 # The gunicorn hooks `rollover.hooks` defines: each reports to `hook_ran` when it runs.

@@ -13,10 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from rollover import imports_graph, refresh_purge, refresh_state
 from rollover import refresh as rf
-from rollover.imports_graph import GraphFacts
-from rollover.refresh import Fingerprint, changed_tops, reconcile, select_purge, versioned
+from rollover.refresh import (
+    Fingerprint,
+    changed_tops,
+    imports_graph,
+    reconcile,
+    select_purge,
+    versioned,
+)
+from rollover.refresh import state as refresh_state
+from rollover.refresh import unload as refresh_purge
+from rollover.refresh.imports_graph import GraphFacts
 
 SP = "/venv/lib/python3.11/site-packages"
 STD = ["/py/lib/python311.zip", "/py/lib/python3.11", "/py/lib/python3.11/lib-dynload"]
@@ -180,7 +188,7 @@ def test_changed_module_without_file_is_left_alone():
     assert changed({}, files={"ns": None}, before={}) == {}
 
 
-# select_purge: the graph decision (rollover.imports_graph), on hand-written facts
+# select_purge: the graph decision (rollover.refresh.imports_graph), on hand-written facts
 
 LOADED = frozenset({"dep", "mid", "leaf", "app", "cext", "user_of_cext", "gunicorn",
                     "rollover", "packaging", "workerlib", "plugins"})

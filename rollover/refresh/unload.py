@@ -13,9 +13,9 @@ from importlib.machinery import EXTENSION_SUFFIXES
 from types import FrameType
 from typing import Any
 
-from rollover import imports_graph
-from rollover.imports_graph import Dist, PurgePlan, dist_tops, is_stdlib
-from rollover.refresh_state import IGNORED, Fingerprint, Registry, alias_of, fingerprint
+from rollover.refresh import imports_graph
+from rollover.refresh.imports_graph import Dist, PurgePlan, dist_tops, is_stdlib
+from rollover.refresh.state import IGNORED, Fingerprint, Registry, alias_of, fingerprint
 
 
 def distribution_changes(

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from rollover.imports_graph import Dist, distributions, is_stdlib
-from rollover.refresh_paths import path_key, pth_files, pth_paths, running_site_dirs
+from rollover.refresh.imports_graph import Dist, distributions, is_stdlib
+from rollover.refresh.paths import path_key, pth_files, pth_paths, running_site_dirs
 
 # Modules that are not packages anyone imports by name again: never considered.
 IGNORED = frozenset({
@@ -97,7 +97,7 @@ def changed_tops(
     fingerprint, e.g. imported since -- when it was modified after `since_ns`. `moved`
     maps top-level names to a reason they changed as a whole (they resolve to another
     location now, their distribution's version changed). Which of them are purged, with
-    what depends on them, is `select_purge`'s decision (rollover.imports_graph).
+    what depends on them, is `select_purge`'s decision (rollover.refresh.imports_graph).
     """
     out: dict[str, str] = {}
     for name in sorted(files):

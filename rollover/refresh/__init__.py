@@ -1,5 +1,11 @@
 """Refresh the master's import state on HUP so new workers fork with what is on disk now.
 
+Runs in the master (and nowhere else: a forked worker uninstalls the import recorder). The
+package holds the refresh's parts: `paths` (sys.path as a fresh interpreter sees it, .pth
+files), `caches` (finders and importer caches), `state` (fingerprints of what was imported),
+`unload` (what is dropped from sys.modules), `imports_graph` (what depends on what, and the
+pure purge decision), `report` (what a refresh did, and its one-line error).
+
 Workers fork from the master and inherit its `sys.path`, `sys.modules` and importer
 caches. After `pip install -U`, a new `.pth` file or egg, a zip archive replaced in place, an
 editable install switched or a release symlink flipped, those are stale. `refresh()` runs in
@@ -7,35 +13,35 @@ the master before the first new-generation worker forks and:
 
 1. asks a fresh interpreter (same executable, same flags, same environment, same cwd) for
    its `sys.path` and reconciles the running one with it (`reconcile`, a pure function;
-   `rollover.refresh_paths`);
+   `rollover.refresh.paths`);
 2. removes stale setuptools editable finders (`__editable___<name>_<ver>_finder`) from
    `sys.meta_path`, `sys.path_hooks`, `sys.path` and `sys.modules`, then runs the import
    lines of new or changed `.pth` files (the way `site` does, but only those: `site.main()`
    is never called, it would rewrite `''` and grow `site.PREFIXES` every time;
-   `rollover.refresh_caches`);
+   `rollover.refresh.caches`);
 3. drops importer caches of removed or changed paths, zipimport's directory cache of
    archives that changed, calls every finder's `invalidate_caches` one by one (a broken
    finder is a reported problem, not a failed refresh), and clears importlib.metadata's
    `FastPath` cache (3.11's `importlib.invalidate_caches` does not);
 4. purges from `sys.modules` each top-level package (with all its submodules) whose files
    changed on disk, that now resolves somewhere else, or whose distribution's version
-   changed (`changed_tops`, a pure function; `rollover.refresh_state`), with every
+   changed (`changed_tops`, a pure function; `rollover.refresh.state`), with every
    package that depends on one of those and the app's own packages
-   (`rollover.imports_graph.select_purge`, pure, on the graph of declared and recorded
+   (`rollover.refresh.imports_graph.select_purge`, pure, on the graph of declared and recorded
    dependencies) -- never the stdlib, gunicorn, rollover itself, the names in `keep` (the
    worker class's), a distribution with a loaded C extension, or what any of those
    depends on. A change there cannot be refreshed
    in-process: it is reported in `RefreshReport.needs_reexec` (`kill -USR2`), the package
    stays loaded as a whole (its `__path__` pinned to the real directory it came from when
    a release symlink flipped) and stays reported on every HUP until a re-exec
-   (`rollover.refresh_purge`).
+   (`rollover.refresh.unload`).
 
 What "changed" means is kept in a module-level registry: fingerprints (device, inode,
 size, mtime, ctime) of module files, `.pth` files, `sys.path` entries and zip archives,
 the real directories of packages, and the distributions on the path. They are taken when
 this module is imported (in the master: while gunicorn loads the config), before every
 fork for modules imported since (a worker spawn: the config's and a preloaded app's
-modules, still as imported) and at the end of each refresh (`rollover.refresh_state`). A
+modules, still as imported) and at the end of each refresh (`rollover.refresh.state`). A
 module with no fingerprint yet counts as changed if its file was modified after the last
 pass.
 
@@ -56,32 +62,23 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rollover import imports_graph
-from rollover.imports_graph import Dist, PurgePlan, distributions, select_purge, versioned
-from rollover.refresh_caches import (
+from rollover.refresh import imports_graph
+from rollover.refresh.caches import (
     invalidate_caches,
     moved_tops,
     remove_stale_finders,
     rerun_pth_imports,
 )
-from rollover.refresh_paths import (
+from rollover.refresh.imports_graph import Dist, PurgePlan, distributions, select_purge, versioned
+from rollover.refresh.paths import (
     DEFAULT_TIMEOUT,
     ask_fresh_interpreter,
     interpreter_flags,
     path_key,
     reconcile,
 )
-from rollover.refresh_purge import (
-    distribution_changes,
-    is_extension,
-    needs_reexec,
-    pinned_by,
-    purge,
-    running_tops,
-    same_content,
-)
-from rollover.refresh_report import NeedsReexec, RefreshError, RefreshReport
-from rollover.refresh_state import (
+from rollover.refresh.report import NeedsReexec, RefreshError, RefreshReport
+from rollover.refresh.state import (
     CHANGED,
     CLOCK_SLACK_NS,
     Fingerprint,
@@ -96,6 +93,15 @@ from rollover.refresh_state import (
     loaded_files,
     real_package_dirs,
     take_registry,
+)
+from rollover.refresh.unload import (
+    distribution_changes,
+    is_extension,
+    needs_reexec,
+    pinned_by,
+    purge,
+    running_tops,
+    same_content,
 )
 
 imports_graph.install()  # import edges from now on: what depends on what, for the purge

@@ -13,8 +13,8 @@ from collections.abc import Collection, Iterable
 from importlib.machinery import BuiltinImporter, FrozenImporter
 from typing import Any
 
-from rollover.refresh_paths import path_key, pth_files, pth_lines, pth_paths, run_pth_line
-from rollover.refresh_state import (
+from rollover.refresh.paths import path_key, pth_files, pth_lines, pth_paths, run_pth_line
+from rollover.refresh.state import (
     EDITABLE_FINDER,
     Fingerprint,
     Registry,

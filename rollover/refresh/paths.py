@@ -11,8 +11,8 @@ import sys
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from rollover.imports_graph import versioned
-from rollover.refresh_report import RefreshError
+from rollover.refresh.imports_graph import versioned
+from rollover.refresh.report import RefreshError
 
 DEFAULT_TIMEOUT = 10.0
 
