@@ -155,8 +155,11 @@ class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
         canary = None
         if s.canary:
             canary = CanaryPolicy(requests=s.canary_requests, seconds=s.canary_seconds,
+                                  max_seconds=s.canary_max_seconds,
                                   threshold=s.canary_threshold,
-                                  min_failures=s.canary_min_failures)
+                                  confidence=s.canary_confidence,
+                                  min_failures=s.canary_min_failures,
+                                  strict=s.canary_strict)
         return rollout.Policy(ready_timeout=s.ready_timeout, max_surge=s.max_surge,
                               graceful_timeout=s.graceful_timeout, max_draining=s.max_draining,
                               backoff_max=s.backoff_max, canary=canary)
@@ -255,6 +258,9 @@ class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
         if verdict is not None:
             self._metric(f"rollover.canary.{str(verdict.result).replace(' ', '_')}", 1,
                          "counter")
+            if verdict.rule is not None:  # which rule decided
+                self._metric(f"rollover.canary.rule.{str(verdict.rule).replace(' ', '_')}",
+                             1, "counter")
         if last.finished is not None:
             self._metric("rollover.rollout.duration", (last.finished - last.started) * 1000,
                          "histogram")

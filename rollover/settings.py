@@ -59,6 +59,19 @@ def _fraction(name: str, value: Any) -> float:
     return number
 
 
+def _within(name: str, number: float, maximum: float) -> float:
+    if number > maximum:
+        raise SettingsError(f"{name} must be <= {maximum:g}, got {number:g}")
+    return number
+
+
+def _confidence(name: str, value: Any) -> float:
+    number = _number(name, value, minimum=0.5)
+    if number >= 1:
+        raise SettingsError(f"{name} must be a fraction below 1 (0.995: 99.5%), got {value!r}")
+    return _within(name, number, 0.99999)
+
+
 def _path(name: str, value: Any) -> str | None:
     if value is None or value == "":
         return None
@@ -114,13 +127,19 @@ class Settings:
     canary: bool
     """Hold each roll at its first new worker until it is judged against the old ones."""
     canary_requests: int
-    """The canary's verdict comes once it answered this many requests..."""
+    """The canary passes once it answered this many requests without failing..."""
     canary_seconds: float
-    """...or once this many seconds passed."""
+    """...its window: no verdict and no error after this long: not judged."""
     canary_threshold: float
-    """It fails when its share of 5xx exceeds the old workers' by more than this."""
+    """A pass must rule out an error rate this far above the old workers' (0.2: 20 points)."""
     canary_min_failures: int
-    """...with at least this many 5xx (or failed requests)."""
+    """It never fails with fewer 5xx (or failed requests) than this."""
+    canary_confidence: float
+    """The canary's tests decide at p <= 1 - this (0.995)."""
+    canary_max_seconds: float
+    """A canary with errors but no verdict is watched this long before the roll aborts."""
+    canary_strict: bool
+    """A canary that could not be judged aborts the roll."""
 
     @property
     def summary(self) -> str:
@@ -185,9 +204,15 @@ _SPECS: dict[str, tuple[Callable[[str, Any], Any], Callable[[Any], Any]]] = {
         lambda cfg: 0.2,
     ),
     "canary_min_failures": (
-        lambda n, v: int(_number(n, v, minimum=1, integer=True)),
-        lambda cfg: 5,
+        lambda n, v: int(_within(n, _number(n, v, minimum=1, integer=True), 1000)),
+        lambda cfg: 3,
     ),
+    "canary_confidence": (_confidence, lambda cfg: 0.995),
+    "canary_max_seconds": (
+        lambda n, v: _within(n, _number(n, v, minimum=1), 3600),
+        lambda cfg: 60.0,
+    ),
+    "canary_strict": (_bool, lambda cfg: False),
     "max_worker_age_jitter": (
         lambda n, v: None if v is None or v == "" else _number(n, v, minimum=0),
         lambda cfg: None,
@@ -248,4 +273,8 @@ def resolve(
             values[name] = parse(key, namespace[key])
         else:
             values[name] = default(cfg)
+    if values["canary_max_seconds"] < values["canary_seconds"]:
+        raise SettingsError(
+            f"rollover_canary_max_seconds must be >= rollover_canary_seconds "
+            f"({values['canary_seconds']:g}), got {values['canary_max_seconds']:g}")
     return Settings(**values)

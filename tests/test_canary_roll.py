@@ -67,7 +67,7 @@ def test_new_code_answering_500_is_stopped_by_its_canary(
         done = kept.records()[-1].end if kept.records() else 0.0
         kept.run_for(1.5)
     assert code == 1, out
-    assert "canary answered" in out and "with 5xx; old workers 0 of" in out, out
+    assert "canary failed: " in out and "failed vs 0 of" in out and "p < 0.001" in out, out
     status = master.status() or {}
     canary = status["last_rollout"]["canary"]
     print(f"\n{worker_class}: {out.strip().splitlines()[-1]}; canary {canary}; "
@@ -106,8 +106,11 @@ def test_no_traffic_is_not_judged_and_the_roll_completes(
     code, out = reload(master)
     assert code == 0, out
     canary = (master.status() or {})["last_rollout"]["canary"]
-    assert canary["verdict"] == "not judged", canary
-    assert "[WARNING] rollover: canary not judged" in master.log_text()
+    assert canary["verdict"] == "not judged" and canary["rule"] == "no traffic", canary
+    log = master.log_text()
+    lines = [line for line in log.splitlines() if "canary not judged" in line]
+    assert len(lines) == 1 and "[INFO] rollover: canary not judged: no traffic" in lines[0], log
+    assert "[WARNING]" not in log, log
 
 
 def test_keep_alive_clients_are_sent_toward_the_canary(
@@ -118,7 +121,8 @@ def test_keep_alive_clients_are_sent_toward_the_canary(
     app = make_app()
     write(app, "v1")
     master = masters(app, extra_args=["--threads", "4"],
-                     env={"ROLLOVER_CANARY_REQUESTS": "200"})
+                     # threshold 0: no early pass, the window lasts 200 requests
+                     env={"ROLLOVER_CANARY_REQUESTS": "200", "ROLLOVER_CANARY_THRESHOLD": "0"})
     master.wait_serving()
     with Load(master.port, clients=8, keepalive=True, think=0.01) as kept:
         kept.run_for(0.5)

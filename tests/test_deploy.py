@@ -169,7 +169,7 @@ def test_failed_canary_rolls_back(host: Host) -> None:
     print(f"\n[deploy failed canary] {result.seconds:.1f}s, {load.describe()}\n"
           f"{result.proc.stderr}")
     assert result.rc == deploy.EXIT_ROLLED_BACK, str(result)
-    assert "canary failed: canary answered" in result.json["error"], result.json
+    assert "canary failed: " in result.json["error"], result.json
     assert current_release(host.root) == live
     assert set(load.versions_after(done_at)) == {live}
 
