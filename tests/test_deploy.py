@@ -174,6 +174,35 @@ def test_failed_canary_rolls_back(host: Host) -> None:
     assert set(load.versions_after(done_at)) == {live}
 
 
+def test_failed_canary_at_low_traffic_rolls_back(host: Host) -> None:
+    """The same release at one request per 0.5 s: judged on the few requests it gets."""
+    live = current_release(host.root)
+    with Load(host.port, clients=1, keepalive=False, think=0.5) as load:
+        load.wait_requests(2)
+        result = host.deploy("answers-500-quiet", live_only_status="500 Internal Server Error")
+        done_at = time.monotonic()
+        load.wait_requests(3, after=done_at)
+    print(f"\n[deploy failed canary, low traffic] {result.seconds:.1f}s, {load.describe()}\n"
+          f"{result.proc.stderr}")
+    assert result.rc == deploy.EXIT_ROLLED_BACK, str(result)
+    assert "canary failed: " in result.json["error"], result.json
+    assert current_release(host.root) == live
+    assert set(load.versions_after(done_at)) == {live}
+    assert set(load.failed()) <= {"HTTP 500"} and len(load.failed()) <= 6, load.describe()
+
+
+def test_strict_deploy_without_a_canary_verdict_rolls_back(host: Host) -> None:
+    """No traffic: the canary is not judged; with --strict that is no deploy."""
+    live = current_release(host.root)
+    result = host.deploy("unjudged", "--strict")
+    print(f"\n[deploy --strict, no traffic] {result.seconds:.1f}s\n{result.proc.stderr}")
+    assert result.rc == deploy.EXIT_ROLLED_BACK, str(result)
+    assert result.json["error"].startswith("canary not judged (--strict): no traffic"), \
+        result.json
+    assert current_release(host.root) == live
+    assert answering(host.port) == live
+
+
 def test_gunicorn_change_uses_usr2_handoff(host: Host) -> None:
     old_pid = host.master.live_pid()
     old_workers = host.workers()

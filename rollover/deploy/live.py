@@ -91,12 +91,23 @@ def live_hup(opts: argparse.Namespace, master: LiveMaster, release_dir: Path,
              report: Report) -> None:
     started = time.monotonic()
     record = hup_and_wait(opts.pidfile, master.status_path, opts.timeout, report, "reload")
+    unjudged = not_judged(record)
+    if unjudged is not None and getattr(opts, "strict", False):
+        raise LiveFailure(f"canary not judged (--strict): {unjudged}")
     report.done("reload", started, f"HUP: rolled out generation {record.get('generation')}")
     started = time.monotonic()
     detail = wait_verified(master.status_path, master.pid, release_dir,
                            record.get("generation"))
     report.say("verify", detail)
     report.done("verify", started, detail)
+
+
+def not_judged(record: dict[str, Any]) -> str | None:
+    """The canary's summary when a roll went on without a verdict on it."""
+    canary = record.get("canary")
+    if isinstance(canary, dict) and canary.get("verdict") == "not judged":
+        return str(canary.get("summary"))
+    return None
 
 
 def wait_verified(status_path: str, pid: int, release_dir: Path, generation: int | None,
