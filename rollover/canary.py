@@ -218,6 +218,7 @@ class Canary:
     window: Outcomes = field(default_factory=Outcomes)
     old_window: Outcomes = field(default_factory=Outcomes)
     verdict: Verdict | None = None
+    final: bool = False  # it exited: `window` holds all it answered, its drain included
 
     @property
     def share(self) -> float:
@@ -233,7 +234,7 @@ class Canary:
             "summary": None if v is None else v.summary}
         if v is not None:
             out.update(rule=None if v.rule is None else str(v.rule),
-                       p=None if v.p is None else float(f"{v.p:.3g}"))
+                       p=None if v.p is None else float(f"{v.p:.3g}"), final=self.final)
         if counters or v is not None:
             out.update(requests=self.window.requests, failures=self.window.errors,
                        share=round(self.share, 3), old_requests=self.old_window.requests,

@@ -299,6 +299,7 @@ class Machine:
         w = self.workers.pop(pid, None)
         if w is None:
             return
+        self._canary_left(pid)
         roll = self.rollout
         in_roll = roll is not None and w.generation == roll.generation
         if w.state is WorkerState.DRAINING or planned:
@@ -320,6 +321,20 @@ class Machine:
             self._log("info", f"worker {pid} {description}")
         else:
             self._log("warning", f"worker {pid} {description}")
+
+    def _canary_left(self, pid: int) -> None:
+        """A judged canary exited: its counts (its last report came before its exit) are
+        final; a failed one's record says what it answered in all, its drain included."""
+        last = self.last_rollout
+        c = last.canary if last is not None else None
+        if last is None or c is None or c.pid != pid or c.verdict is None or c.final:
+            return
+        c.final = True
+        if c.verdict.result is canary_verdict.Result.FAILED:
+            total = (f"in all it answered {c.window.requests} requests, "
+                     f"{c.window.errors} failed")
+            last.error = f"canary failed: {c.verdict.summary}; {total}"
+            self._log("info", f"canary worker {pid} left: {total}")
 
     def _watch_canary(self, now: float, roll: Rollout, w: Worker) -> None:
         """The first new worker READY: hold the roll until the canary has a verdict."""

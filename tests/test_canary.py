@@ -332,3 +332,25 @@ def test_strict_not_judged_aborts_the_roll() -> None:
     assert last.error == ("canary not judged (rollover_canary_strict): no traffic: no request "
                           "for 1.1s")
     assert sorted(d.pids(READY)) == sorted(old)
+
+
+def test_a_failed_canarys_record_gets_its_final_counts_when_it_leaves() -> None:
+    d, old, canary = rolling()
+    d.tick()
+    for pid in old:
+        count(d, pid, o(40))
+    count(d, canary, o(6, five=6))
+    d.tick()
+    last = d.machine.last_rollout
+    assert last is not None and last.canary is not None
+    assert last.canary.describe()["final"] is False
+    # it answers a few more while it drains; its last report comes before its exit
+    count(d, canary, o(9, five=9))
+    d.exit(canary)
+    step = d.tick()
+    assert last.canary.describe()["final"] is True
+    assert last.canary.describe()["failures"] == 9
+    assert last.error == ("canary failed: 6 of 6 failed vs 0 of 120 on the old workers, "
+                          "p < 0.001; in all it answered 9 requests, 9 failed")
+    assert f"canary worker {canary} left: in all it answered 9 requests, 9 failed" in [
+        log.message for log in step.logs]

@@ -63,7 +63,8 @@ def test_low_traffic_broken_release_is_stopped(
           f"load {load.describe()}")
     assert code == 1, out
     assert "canary failed: " in out, out
-    assert canary["verdict"] == "failed", canary
+    assert canary["verdict"] == "failed" and canary["final"] is True, canary
+    assert "; in all it answered " in out, out
     failed = load.failed()
     assert set(failed) <= {"HTTP 500"}, Counter(failed)
     # every 500 a client saw is one the canary answered, by its final counts

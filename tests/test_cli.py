@@ -487,3 +487,16 @@ def test_progress_names_the_canary_while_it_is_judged_and_its_verdict() -> None:
     assert isinstance(progress, Progress)
     assert progress.line().endswith("(canary passed: canary answered 0 of 50 with 5xx; "
                                     "old workers 0 of 150)")
+
+
+def test_a_failed_canary_is_waited_for_until_its_counts_are_final() -> None:
+    from rollover.master import draining_canary
+
+    record: dict[str, Any] = {"result": "aborted",
+                              "canary": {"verdict": "failed", "final": False}}
+    assert draining_canary(record)
+    record["canary"]["final"] = True
+    assert not draining_canary(record)
+    assert not draining_canary({"canary": {"verdict": "passed", "final": False}})
+    assert not draining_canary({"canary": {"verdict": "failed"}})  # an older master's record
+    assert not draining_canary({"result": "aborted"})
