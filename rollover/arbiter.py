@@ -15,6 +15,7 @@ between gunicorn versions lives in `rollover.gunicorn_compat`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -582,7 +583,10 @@ class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
                          "max_requests": self.cfg.max_requests or None,
                          "max_worker_rss": self.settings.max_worker_rss,
                          "max_worker_age": self.settings.max_worker_age,
-                         "reexec_python": self.settings.reexec_python},
+                         "reexec_python": self.settings.reexec_python,
+                         # a USR2 handoff's canary is judged by `rollover deploy` with these
+                         "canary": (dataclasses.asdict(self.machine.policy.canary)
+                                    if self.machine.policy.canary is not None else None)},
             **self.machine.describe(lambda t: status.iso(t + offset), counters=False),
             "serving_code": "preloaded" if self.cfg.preload_app else "disk",
             "refresh": self.refresh_report.as_dict() if self.refresh_report else None,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rollover.deploy import handoff_canary
 from rollover.deploy.facts import LiveMaster
 from rollover.deploy.report import LiveFailure, Report
 from rollover.master import (
@@ -210,7 +211,30 @@ def live_usr2(opts: argparse.Namespace, master: LiveMaster, release_dir: Path,
                           f"release's {facts.get('gunicorn')}: did it re-exec through current?")
     detail = verify_workers(status, release_dir, None)
     report.say("verify", detail)
-    # 3. the pidfile names the new master before the old one exits (under systemd with
+    # 3. the canary: the new master's workers against the old master's, both serving
+    policy = handoff_canary.policy_from_status(status, strict=getattr(opts, "strict", False))
+    if policy is None:
+        report.say("canary", "off in the new master: not judged")
+    else:
+        def alive() -> str | None:
+            if not pid_alive(new_pid):
+                return f"the new master {new_pid} exited while its workers were judged"
+            if not pid_alive(old):
+                return f"the old master {old} exited while the new master was judged"
+            return None
+
+        try:
+            verdict = handoff_canary.judge_handoff(
+                policy, lambda: poll_status(status2_path, new_pid),
+                lambda: poll_status(master.status_path, old), alive,
+                lambda line: report.say("canary", line), POLL_INTERVAL)
+        except RuntimeError as exc:
+            raise LiveFailure(str(exc)) from None
+        report.say("canary", f"{verdict.result}: {verdict.summary}")
+        problem = handoff_canary.failure(verdict, policy)
+        if problem is not None:
+            raise LiveFailure(problem)
+    # 4. the pidfile names the new master before the old one exits (under systemd with
     # PIDFile=, the main PID moves to the new master when the old one exits)
     write_pidfile(opts.pidfile, new_pid)
     old_workers = child_pids(old) - {new_pid}
@@ -231,7 +255,7 @@ def live_usr2(opts: argparse.Namespace, master: LiveMaster, release_dir: Path,
             os.kill(pid, signal.SIGKILL)
     if left:
         report.say("handoff", f"killed old workers left behind: {left}")
-    # 4. the new master is promoted: its status moves to the normal path
+    # 5. the new master is promoted: its status moves to the normal path
     promote_deadline = time.monotonic() + 15
     while time.monotonic() < promote_deadline:
         promoted = poll_status(master.status_path, new_pid)
