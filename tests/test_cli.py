@@ -500,3 +500,23 @@ def test_a_failed_canary_is_waited_for_until_its_counts_are_final() -> None:
     assert not draining_canary({"canary": {"verdict": "passed", "final": False}})
     assert not draining_canary({"canary": {"verdict": "failed"}})  # an older master's record
     assert not draining_canary({"result": "aborted"})
+
+
+def test_status_says_which_rule_decided_the_canary() -> None:
+    from rollover.cli import describe_last
+
+    record: dict[str, Any] = {
+        "generation": 3, "result": "succeeded", "error": None, "min_ready": 4,
+        "started": "2026-12-06T03:00:00.000Z", "finished": "2026-12-06T03:00:04.000Z",
+        "canary": {"verdict": "passed", "rule": "ruled out", "p": 0.0047,
+                   "summary": "0 of 24 failed vs 0 of 80 on the old workers; 20% failing "
+                              "ruled out, p = 0.0047"}}
+    assert describe_last(record) == (
+        "generation 3 succeeded in 4.0s (canary passed: 0 of 24 failed vs 0 of 80 on the old "
+        "workers; 20% failing ruled out, p = 0.0047) (min ready 4)")
+    record.update(result="aborted", error="canary failed: 3 of 3 failed vs 0 of 16 on the old "
+                  "workers, p = 0.001; in all it answered 5 requests, 5 failed",
+                  canary={"verdict": "failed"})
+    assert describe_last(record).endswith(": canary failed: 3 of 3 failed vs 0 of 16 on the "
+                                          "old workers, p = 0.001; in all it answered 5 "
+                                          "requests, 5 failed (min ready 4)")
