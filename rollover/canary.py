@@ -39,8 +39,8 @@ from typing import Any
 
 from rollover.outcomes import Outcomes
 
-__all__ = ["Canary", "CanaryPolicy", "Result", "Rule", "Verdict", "binomial_cdf",
-           "binomial_sf", "decide", "fisher"]
+__all__ = ["CAP_ALPHA", "Canary", "CanaryPolicy", "Result", "Rule", "Verdict",
+           "binomial_cdf", "binomial_sf", "decide", "figures", "fisher"]
 
 
 CAP_ALPHA = 0.1
@@ -71,8 +71,8 @@ class CanaryPolicy:
     seconds: float = 10.0
     """The window: after this long without a decision and without an error, not judged."""
     max_seconds: float = 60.0
-    """With errors but no decision, the window stays open this long; then it fails if its
-    error share is above the old workers'."""
+    """With errors but no decision, the window stays open this long; then it fails at 90%
+    confidence (`CAP_ALPHA`) with `min_failures` errors, else it is not judged."""
     threshold: float = 0.2
     """The excess error rate (0.2: 20 points above the old workers') a pass must rule out."""
     confidence: float = 0.995
