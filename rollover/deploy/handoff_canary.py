@@ -9,21 +9,21 @@ master's workers (summed) against the old master's, over the same window. A fail
 verdict is a failed live step: the new master is stopped, the old one never stopped
 serving.
 
-The pure parts (`policy_from_status`, `counts`, `served`) are tested on hand-written
-status dicts; `judge_handoff` polls.
+The judging starts as soon as the new master has a READY worker (while the others boot)
+and, without a verdict by the time all are READY, holds the handoff until there is one.
+Everything here is pure (statuses and a clock in), tested on hand-written status dicts;
+`rollover.deploy.live` polls.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from rollover.canary import CanaryPolicy, Result, Verdict, decide
 from rollover.outcomes import Outcomes
 
-__all__ = ["IDLE_SLACK", "counts", "failure", "judge_handoff", "policy_from_status", "served"]
+__all__ = ["IDLE_SLACK", "HandoffJudge", "counts", "failure", "policy_from_status", "served"]
 
 IDLE_SLACK = 2.5
 """No traffic: nothing counted for this long. A status file shows counts a second or two
@@ -72,44 +72,47 @@ def served(now: dict[int, Outcomes], base: dict[int, Outcomes]) -> Outcomes:
     return total
 
 
-Read = Callable[[], dict[str, Any] | None]
+@dataclass
+class HandoffJudge:
+    """The window of one handoff's canary: started once the new master has a READY worker
+    (and both statuses were read), stepped on every poll until it has a verdict. Pure: the
+    caller brings the statuses and the clock."""
 
+    policy: CanaryPolicy
+    base_new: dict[int, Outcomes]
+    base_old: dict[int, Outcomes]
+    started: float
+    last_change: float
+    new: Outcomes = field(default_factory=Outcomes)
+    old: Outcomes = field(default_factory=Outcomes)
+    verdict: Verdict | None = None
+    _seen: tuple[int, int] = (0, 0)
 
-def judge_handoff(policy: CanaryPolicy, read_new: Read, read_old: Read,
-                  alive: Callable[[], str | None], say: Callable[[str], None],
-                  poll: float = 0.1) -> Verdict:
-    """Hold the handoff until the new master's workers have a verdict. `read_new` /
-    `read_old`: each master's status (None on a transient miss); `alive`: None while both
-    masters run, else why not (a RuntimeError is raised with it)."""
-    first_new, first_old = read_new(), read_old()
-    deadline = time.monotonic() + IDLE_SLACK
-    while (first_new is None or first_old is None) and time.monotonic() < deadline:
-        time.sleep(poll)  # a transient miss: the window must start from real counts
-        first_new, first_old = first_new or read_new(), first_old or read_old()
-    base_new, base_old = counts(first_new), counts(first_old)
-    started = last_change = time.monotonic()
-    new, old = Outcomes(), Outcomes()
-    seen = (0, 0)
-    say(f"judging the new master's {len(base_new)} workers against the old master's "
-        f"{len(base_old)} (at most {policy.seconds:g}s, {policy.max_seconds:g}s if they fail "
-        f"requests)")
-    while True:
-        problem = alive()
-        if problem is not None:
-            raise RuntimeError(problem)
-        now_new, now_old = read_new(), read_old()
-        if now_new is not None:
-            new = served(counts(now_new), base_new)
-        if now_old is not None:
-            old = served(counts(now_old), base_old)
-        now = time.monotonic()
-        if (new.requests, old.requests) != seen:
-            seen, last_change = (new.requests, old.requests), now
-        verdict = decide(new, old, elapsed=now - started, idle=now - last_change,
-                         policy=policy)
-        if verdict is not None:
-            return verdict
-        time.sleep(poll)
+    @classmethod
+    def start(cls, policy: CanaryPolicy, new_status: dict[str, Any],
+              old_status: dict[str, Any], now: float) -> HandoffJudge:
+        return cls(policy, counts(new_status), counts(old_status), now, now)
+
+    def line(self) -> str:
+        return (f"judging the new master's workers against the old master's "
+                f"{len(self.base_old)} (at most {self.policy.seconds:g}s, "
+                f"{self.policy.max_seconds:g}s if they fail requests)")
+
+    def step(self, new_status: dict[str, Any] | None, old_status: dict[str, Any] | None,
+             now: float) -> Verdict | None:
+        """The verdict once there is one (`None` status: a transient miss, the last counts
+        stand). A worker of the new master READY after the start counts in full."""
+        if self.verdict is not None:
+            return self.verdict
+        if new_status is not None:
+            self.new = served(counts(new_status), self.base_new)
+        if old_status is not None:
+            self.old = served(counts(old_status), self.base_old)
+        if (self.new.requests, self.old.requests) != self._seen:
+            self._seen, self.last_change = (self.new.requests, self.old.requests), now
+        self.verdict = decide(self.new, self.old, elapsed=now - self.started,
+                              idle=now - self.last_change, policy=self.policy)
+        return self.verdict
 
 
 def failure(verdict: Verdict, policy: CanaryPolicy) -> str | None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rollover.canary import CanaryPolicy
 from rollover.deploy import handoff_canary
 from rollover.deploy.facts import LiveMaster
 from rollover.deploy.report import LiveFailure, Report
@@ -185,8 +186,12 @@ def live_usr2(opts: argparse.Namespace, master: LiveMaster, release_dir: Path,
     handoff.new_pid = new_pid
     report.new_master_pid = new_pid
     report.say("handoff", f"new master {new_pid} started; waiting for its workers")
-    # 2. its workers READY
+    # 2. its workers READY; from the first one on, the canary: the new master's workers
+    # judged against the old master's, both serving from the same sockets
+    policy: CanaryPolicy | None = None  # the new master's, read once it has a READY worker
+    judge: handoff_canary.HandoffJudge | None = None
     shown = None
+    ready_seen = False
     while True:
         if not pid_alive(new_pid):
             raise LiveFailure(f"the new master {new_pid} exited before its workers were ready "
@@ -200,6 +205,13 @@ def live_usr2(opts: argparse.Namespace, master: LiveMaster, release_dir: Path,
                 shown = progress
                 report.say("handoff", f"{ready}/{status.get('workers_target')} workers of the "
                            f"new master ready")
+            if ready and not ready_seen:
+                ready_seen = True
+                policy = handoff_canary.policy_from_status(
+                    status, strict=getattr(opts, "strict", False))
+                if policy is None:
+                    report.say("canary", "off in the new master: not judged")
+            judge = _judge_step(judge, policy, status, master.status_path, old, report)
             if _all_ready(status):
                 break
         if time.monotonic() >= deadline:
@@ -211,29 +223,23 @@ def live_usr2(opts: argparse.Namespace, master: LiveMaster, release_dir: Path,
                           f"release's {facts.get('gunicorn')}: did it re-exec through current?")
     detail = verify_workers(status, release_dir, None)
     report.say("verify", detail)
-    # 3. the canary: the new master's workers against the old master's, both serving
-    policy = handoff_canary.policy_from_status(status, strict=getattr(opts, "strict", False))
-    if policy is None:
-        report.say("canary", "off in the new master: not judged")
-    else:
-        def alive() -> str | None:
-            if not pid_alive(new_pid):
-                return f"the new master {new_pid} exited while its workers were judged"
-            if not pid_alive(old):
-                return f"the old master {old} exited while the new master was judged"
-            return None
-
-        try:
-            verdict = handoff_canary.judge_handoff(
-                policy, lambda: poll_status(status2_path, new_pid),
-                lambda: poll_status(master.status_path, old), alive,
-                lambda line: report.say("canary", line), POLL_INTERVAL)
-        except RuntimeError as exc:
-            raise LiveFailure(str(exc)) from None
-        report.say("canary", f"{verdict.result}: {verdict.summary}")
-        problem = handoff_canary.failure(verdict, policy)
-        if problem is not None:
-            raise LiveFailure(problem)
+    # 3. no verdict yet: the handoff holds until there is one (the old master serving);
+    # a window that cannot even start (no counts in a status) is not judged
+    start_by = time.monotonic() + 2 * handoff_canary.IDLE_SLACK
+    while policy is not None and (judge is None or judge.verdict is None):
+        if judge is None and time.monotonic() >= start_by:
+            report.say("canary", "not judged: no request counts in the masters' statuses")
+            if policy.strict:
+                raise LiveFailure("canary not judged (--strict): no request counts in the "
+                                  "masters' statuses")
+            break
+        if not pid_alive(new_pid):
+            raise LiveFailure(f"the new master {new_pid} exited while its workers were judged")
+        if not pid_alive(old):
+            raise LiveFailure(f"the old master {old} exited while the new master was judged")
+        time.sleep(POLL_INTERVAL)
+        judge = _judge_step(judge, policy, poll_status(status2_path, new_pid),
+                            master.status_path, old, report)
     # 4. the pidfile names the new master before the old one exits (under systemd with
     # PIDFile=, the main PID moves to the new master when the old one exits)
     write_pidfile(opts.pidfile, new_pid)
@@ -271,6 +277,32 @@ def live_usr2(opts: argparse.Namespace, master: LiveMaster, release_dir: Path,
         raise LiveFailure(f"the new master {new_pid} exited after the handoff")
     report.say("handoff", f"master {old} -> {new_pid} in {time.monotonic() - started:.1f}s")
     report.done("handoff", started, f"USR2: master {old} -> {new_pid}; {detail}")
+
+
+def _judge_step(judge: handoff_canary.HandoffJudge | None,
+                policy: CanaryPolicy | None, new_status: dict[str, Any] | None,
+                old_status_path: str, old: int, report: Report,
+                ) -> handoff_canary.HandoffJudge | None:
+    """Start the handoff's canary once the new master has a READY worker, then step it; a
+    verdict is reported once, and one that stops the handoff raises LiveFailure."""
+    if policy is None or new_status is None or (judge is not None and judge.verdict):
+        return judge
+    old_status = poll_status(old_status_path, old)
+    now = time.monotonic()
+    if judge is None:
+        if not (handoff_canary.counts(new_status) and handoff_canary.counts(old_status)):
+            return None  # no counted READY worker yet, or a transient miss: the next poll
+        assert old_status is not None
+        judge = handoff_canary.HandoffJudge.start(policy, new_status, old_status, now)
+        report.say("canary", judge.line())
+        return judge
+    verdict = judge.step(new_status, old_status, now)
+    if verdict is not None:
+        report.say("canary", f"{verdict.result}: {verdict.summary}")
+        problem = handoff_canary.failure(verdict, policy)
+        if problem is not None:
+            raise LiveFailure(problem)
+    return judge
 
 
 def stop_new_master(pid: int, grace: float) -> str | None:
