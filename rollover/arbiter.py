@@ -21,6 +21,7 @@ with its traceback, and the master goes on with gunicorn's own behaviour for tha
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -171,8 +172,11 @@ class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
         canary = None
         if s.canary:
             canary = CanaryPolicy(requests=s.canary_requests, seconds=s.canary_seconds,
+                                  max_seconds=s.canary_max_seconds,
                                   threshold=s.canary_threshold,
-                                  min_failures=s.canary_min_failures)
+                                  confidence=s.canary_confidence,
+                                  min_failures=s.canary_min_failures,
+                                  strict=s.canary_strict)
         return rollout.Policy(ready_timeout=s.ready_timeout, max_surge=s.max_surge,
                               graceful_timeout=s.graceful_timeout, max_draining=s.max_draining,
                               backoff_max=s.backoff_max, canary=canary)
@@ -324,6 +328,9 @@ class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
         if verdict is not None:
             self._metric(f"rollover.canary.{str(verdict.result).replace(' ', '_')}", 1,
                          "counter")
+            if verdict.rule is not None:  # which rule decided
+                self._metric(f"rollover.canary.rule.{str(verdict.rule).replace(' ', '_')}",
+                             1, "counter")
         if last.finished is not None:
             self._metric("rollover.rollout.duration", (last.finished - last.started) * 1000,
                          "histogram")
@@ -659,7 +666,10 @@ class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
                          "max_requests": self.cfg.max_requests or None,
                          "max_worker_rss": self.settings.max_worker_rss,
                          "max_worker_age": self.settings.max_worker_age,
-                         "reexec_python": self.settings.reexec_python},
+                         "reexec_python": self.settings.reexec_python,
+                         # a USR2 handoff's canary is judged by `rollover deploy` with these
+                         "canary": (dataclasses.asdict(self.machine.policy.canary)
+                                    if self.machine.policy.canary is not None else None)},
             **self.machine.describe(lambda t: status.iso(t + offset), counters=False),
             "serving_code": "preloaded" if self.cfg.preload_app else "disk",
             "refresh": self.refresh_report.as_dict() if self.refresh_report else None,

@@ -113,6 +113,13 @@ def final_progress(done: Done, status: dict[str, Any], shown: Progress | None
     return None if target <= 0 else final
 
 
+def draining_canary(record: Any) -> bool:
+    """A roll ended by a failed canary that is still draining (its counts not yet final)."""
+    canary = record.get("canary") if isinstance(record, dict) else None
+    return (isinstance(canary, dict) and canary.get("verdict") == "failed"
+            and canary.get("final") is False)
+
+
 def _canary(record: Any) -> str | None:
     if not isinstance(record, dict):
         return None
@@ -308,6 +315,9 @@ def follow_roll(pid: int, path: str, status: dict[str, Any], sent_at: float, tim
         status = poll_status(path, pid) or status
         outcome = follow(status, before, sent_at)
         if isinstance(outcome, Done):
+            if draining_canary(outcome.record) and alive and time.monotonic() < deadline:
+                time.sleep(POLL_INTERVAL)  # its final counts come once it has drained
+                continue
             final = final_progress(outcome, status, shown)
             if final is not None:
                 on_progress(final)

@@ -61,6 +61,7 @@ class View:
     rolling: int | None = None  # the generation being rolled out
     new_ready: int = 0
     canary: int | None = None  # the roll holds for this canary's verdict
+    verdict: str | None = None  # then the verdict and the rule that decided it
 
 
 def view(described: dict[str, Any]) -> View:
@@ -75,7 +76,15 @@ def view(described: dict[str, Any]) -> View:
         rolling=int(roll["generation"]) if isinstance(roll, dict) else None,
         new_ready=int(roll.get("new_ready") or 0) if isinstance(roll, dict) else 0,
         canary=_judging(roll),
+        verdict=_verdict(roll),
     )
+
+
+def _verdict(roll: Any) -> str | None:
+    canary = roll.get("canary") if isinstance(roll, dict) else None
+    if isinstance(canary, dict) and canary.get("verdict") is not None:
+        return f"canary {canary['verdict']}: {canary.get('summary')}"
+    return None
 
 
 def _judging(roll: Any) -> int | None:
@@ -98,7 +107,9 @@ class Sent:
 def status_text(v: View, started: bool) -> str:
     if v.rolling is not None:
         text = f"rolling: {v.new_ready}/{v.target} workers on generation {v.rolling}"
-        return f"{text}, judging canary {v.canary}" if v.canary else text
+        if v.canary:
+            return f"{text}, judging canary {v.canary}"
+        return f"{text} ({v.verdict})" if v.verdict else text
     if not started:
         return f"starting: {v.ready}/{v.target} workers ready, generation {v.generation}"
     if v.state == "degraded":

@@ -33,6 +33,21 @@ class Outcomes:
         return Outcomes(*(max(0, a - b)
                           for a, b in zip(astuple(self), astuple(other), strict=True)))
 
+    @classmethod
+    def from_dict(cls, data: object) -> Outcomes:
+        """The inverse of `as_dict` (a status file's per-worker `requests`); ValueError for
+        anything else."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected request counts, got {str(data)[:80]!r}")
+        try:
+            numbers = [data[key] for key in ("requests", "ok", "4xx", "5xx", "failed")]
+        except KeyError as exc:
+            raise ValueError(f"request counts without {exc}") from None
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                   for n in numbers):
+            raise ValueError(f"expected five counts, got {str(data)[:80]!r}")
+        return cls(*numbers)
+
     def as_dict(self) -> dict[str, int]:
         return {"requests": self.requests, "ok": self.ok, "4xx": self.client_error,
                 "5xx": self.server_error, "failed": self.failed}

@@ -299,6 +299,7 @@ class Machine:
         w = self.workers.pop(pid, None)
         if w is None:
             return
+        self._canary_left(pid)
         roll = self.rollout
         in_roll = roll is not None and w.generation == roll.generation
         if w.state is WorkerState.DRAINING or planned:
@@ -321,6 +322,20 @@ class Machine:
         else:
             self._log("warning", f"worker {pid} {description}")
 
+    def _canary_left(self, pid: int) -> None:
+        """A judged canary exited: its counts (its last report came before its exit) are
+        final; a failed one's record says what it answered in all, its drain included."""
+        last = self.last_rollout
+        c = last.canary if last is not None else None
+        if last is None or c is None or c.pid != pid or c.verdict is None or c.final:
+            return
+        c.final = True
+        if c.verdict.result is canary_verdict.Result.FAILED:
+            total = (f"in all it answered {c.window.requests} requests, "
+                     f"{c.window.errors} failed")
+            last.error = f"canary failed: {c.verdict.summary}; {total}"
+            self._log("info", f"canary worker {pid} left: {total}")
+
     def _watch_canary(self, now: float, roll: Rollout, w: Worker) -> None:
         """The first new worker READY: hold the roll until the canary has a verdict."""
         policy = self.policy.canary
@@ -330,8 +345,9 @@ class Machine:
         roll.canary = Canary(w.pid, now, w.outcomes, {o.pid: o.outcomes for o in old})
         self._out.append(CanaryWindow(w.pid, len(old) + 1))
         self._log("info", f"canary: worker {w.pid} of generation {w.generation} holds the "
-                          f"roll until it answered {policy.requests} requests or "
-                          f"{policy.seconds:g}s passed")
+                          f"roll until it is judged against the old workers (at most "
+                          f"{policy.seconds:g}s, {policy.max_seconds:g}s if it fails "
+                          f"requests)")
 
     # -- decisions -----------------------------------------------------------------------
 
@@ -396,18 +412,28 @@ class Machine:
         self._out.append(CanaryWindow(None))
         share = f"{c.share:.0%} of the window's {c.window.requests + old.requests} requests"
         if verdict.result is canary_verdict.Result.FAILED:
-            # The canary is the roll's surge: no old worker was retired, nothing to refill.
-            # Any other new worker READY (a roll that also filled a missing slot) runs the
-            # same code: retired with it.
-            for new in self._live(WorkerState.READY):
-                if new.generation == roll.generation:
-                    new.state, new.since = WorkerState.DRAINING, now
-                    self._out.append(Retire(new.pid))
+            self._retire_new(now, roll)
             self._abort(now, f"canary failed: {verdict.summary}")
         elif verdict.result is canary_verdict.Result.PASSED:
             self._log("info", f"canary passed: {verdict.summary} (it served {share})")
+        elif policy.strict:
+            self._retire_new(now, roll)
+            self._abort(now, f"canary not judged (rollover_canary_strict): {verdict.summary}")
         else:
-            self._log("warning", f"canary not judged: {verdict.summary}; the roll goes on")
+            # no traffic is no fault; traffic that did not reach the canary leaves a
+            # release unjudged: worth a warning
+            quiet = verdict.rule is canary_verdict.Rule.NO_TRAFFIC
+            self._log("info" if quiet else "warning",
+                      f"canary not judged: {verdict.summary}; the roll goes on")
+
+    def _retire_new(self, now: float, roll: Rollout) -> None:
+        """The canary is the roll's surge: no old worker was retired, nothing to refill.
+        Any other new worker READY (a roll that also filled a missing slot) runs the same
+        code: retired with it."""
+        for new in self._live(WorkerState.READY):
+            if new.generation == roll.generation:
+                new.state, new.since = WorkerState.DRAINING, now
+                self._out.append(Retire(new.pid))
 
     def _maybe_succeed(self, now: float) -> None:
         roll = self.rollout

@@ -50,7 +50,9 @@ RANGES: dict[str, Range] = {
     "canary_requests": Range(1, 1_000_000, integer=True),
     "canary_seconds": Range(0.5, _DAY, unit=" s"),
     "canary_threshold": Range(0, 0.99),
-    "canary_min_failures": Range(1, 1_000_000, integer=True),
+    "canary_min_failures": Range(1, 1000, integer=True),
+    "canary_confidence": Range(0.5, 0.99999),
+    "canary_max_seconds": Range(1, 3600, unit=" s"),
 }
 
 
@@ -153,13 +155,19 @@ class Settings:
     canary: bool
     """Hold each roll at its first new worker until it is judged against the old ones."""
     canary_requests: int
-    """The canary's verdict comes once it answered this many requests..."""
+    """The canary passes once it answered this many requests without failing..."""
     canary_seconds: float
-    """...or once this many seconds passed."""
+    """...its window: no verdict and no error after this long: not judged."""
     canary_threshold: float
-    """It fails when its share of 5xx exceeds the old workers' by more than this."""
+    """A pass must rule out an error rate this far above the old workers' (0.2: 20 points)."""
     canary_min_failures: int
-    """...with at least this many 5xx (or failed requests)."""
+    """It never fails with fewer 5xx (or failed requests) than this."""
+    canary_confidence: float
+    """The canary's tests decide at p <= 1 - this (0.995)."""
+    canary_max_seconds: float
+    """A canary with errors but no verdict is watched this long before the roll aborts."""
+    canary_strict: bool
+    """A canary that could not be judged aborts the roll."""
 
     @property
     def summary(self) -> str:
@@ -198,8 +206,11 @@ _SPECS: dict[str, tuple[Callable[[str, Any], Any], Callable[[Any], Any]]] = {
     "canary_threshold": (_ranged("canary_threshold"), lambda cfg: 0.2),
     "canary_min_failures": (
         lambda n, v: int(_ranged("canary_min_failures")(n, v)),
-        lambda cfg: 5,
+        lambda cfg: 3,
     ),
+    "canary_confidence": (_ranged("canary_confidence"), lambda cfg: 0.995),
+    "canary_max_seconds": (_ranged("canary_max_seconds"), lambda cfg: 60.0),
+    "canary_strict": (_bool, lambda cfg: False),
     "max_worker_age_jitter": (
         lambda n, v: None if v is None or v == "" else _ranged("max_worker_age_jitter")(n, v),
         lambda cfg: None,
@@ -260,4 +271,8 @@ def resolve(
             values[name] = parse(key, namespace[key])
         else:
             values[name] = default(cfg)
+    if values["canary_max_seconds"] < values["canary_seconds"]:
+        raise SettingsError(
+            f"rollover_canary_max_seconds must be >= rollover_canary_seconds "
+            f"({values['canary_seconds']:g}), got {values['canary_max_seconds']:g}")
     return Settings(**values)

@@ -487,3 +487,36 @@ def test_progress_names_the_canary_while_it_is_judged_and_its_verdict() -> None:
     assert isinstance(progress, Progress)
     assert progress.line().endswith("(canary passed: canary answered 0 of 50 with 5xx; "
                                     "old workers 0 of 150)")
+
+
+def test_a_failed_canary_is_waited_for_until_its_counts_are_final() -> None:
+    from rollover.master import draining_canary
+
+    record: dict[str, Any] = {"result": "aborted",
+                              "canary": {"verdict": "failed", "final": False}}
+    assert draining_canary(record)
+    record["canary"]["final"] = True
+    assert not draining_canary(record)
+    assert not draining_canary({"canary": {"verdict": "passed", "final": False}})
+    assert not draining_canary({"canary": {"verdict": "failed"}})  # an older master's record
+    assert not draining_canary({"result": "aborted"})
+
+
+def test_status_says_which_rule_decided_the_canary() -> None:
+    from rollover.cli import describe_last
+
+    record: dict[str, Any] = {
+        "generation": 3, "result": "succeeded", "error": None, "min_ready": 4,
+        "started": "2026-12-06T03:00:00.000Z", "finished": "2026-12-06T03:00:04.000Z",
+        "canary": {"verdict": "passed", "rule": "ruled out", "p": 0.0047,
+                   "summary": "0 of 24 failed vs 0 of 80 on the old workers; 20% failing "
+                              "ruled out, p = 0.0047"}}
+    assert describe_last(record) == (
+        "generation 3 succeeded in 4.0s (canary passed: 0 of 24 failed vs 0 of 80 on the old "
+        "workers; 20% failing ruled out, p = 0.0047) (min ready 4)")
+    record.update(result="aborted", error="canary failed: 3 of 3 failed vs 0 of 16 on the old "
+                  "workers, p = 0.001; in all it answered 5 requests, 5 failed",
+                  canary={"verdict": "failed"})
+    assert describe_last(record).endswith(": canary failed: 3 of 3 failed vs 0 of 16 on the "
+                                          "old workers, p = 0.001; in all it answered 5 "
+                                          "requests, 5 failed (min ready 4)")

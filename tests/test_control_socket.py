@@ -42,7 +42,7 @@ def master(tmp_path: Path) -> Iterator[ControlledMaster]:
     app.write("v1", boot_delay=0.5)
     workdir = tmp_path / "master"
     workdir.mkdir()
-    # no canary: without traffic its roll would log "canary not judged" at WARNING
+    # no canary: its roll would hold a second for traffic
     m = ControlledMaster(workdir, app, workers=2, env={"ROLLOVER_CANARY": "0"})
     try:
         m.start()

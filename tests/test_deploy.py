@@ -169,9 +169,63 @@ def test_failed_canary_rolls_back(host: Host) -> None:
     print(f"\n[deploy failed canary] {result.seconds:.1f}s, {load.describe()}\n"
           f"{result.proc.stderr}")
     assert result.rc == deploy.EXIT_ROLLED_BACK, str(result)
-    assert "canary failed: canary answered" in result.json["error"], result.json
+    assert "canary failed: " in result.json["error"], result.json
     assert current_release(host.root) == live
     assert set(load.versions_after(done_at)) == {live}
+
+
+def test_failed_canary_at_low_traffic_rolls_back(host: Host) -> None:
+    """The same release at one request per 0.5 s: judged on the few requests it gets."""
+    live = current_release(host.root)
+    with Load(host.port, clients=1, keepalive=False, think=0.5) as load:
+        load.wait_requests(2)
+        result = host.deploy("answers-500-quiet", live_only_status="500 Internal Server Error")
+        done_at = time.monotonic()
+        load.wait_requests(3, after=done_at)
+    print(f"\n[deploy failed canary, low traffic] {result.seconds:.1f}s, {load.describe()}\n"
+          f"{result.proc.stderr}")
+    assert result.rc == deploy.EXIT_ROLLED_BACK, str(result)
+    assert "canary failed: " in result.json["error"], result.json
+    assert current_release(host.root) == live
+    assert set(load.versions_after(done_at)) == {live}
+    assert set(load.failed()) <= {"HTTP 500"} and len(load.failed()) <= 6, load.describe()
+
+
+def test_strict_deploy_without_a_canary_verdict_rolls_back(host: Host) -> None:
+    """No traffic: the canary is not judged; with --strict that is no deploy."""
+    live = current_release(host.root)
+    result = host.deploy("unjudged", "--strict")
+    print(f"\n[deploy --strict, no traffic] {result.seconds:.1f}s\n{result.proc.stderr}")
+    assert result.rc == deploy.EXIT_ROLLED_BACK, str(result)
+    assert result.json["error"].startswith("canary not judged (--strict): no traffic"), \
+        result.json
+    assert current_release(host.root) == live
+    assert answering(host.port) == live
+
+
+def test_usr2_handoff_to_a_failing_release_is_judged_and_rolled_back(host: Host) -> None:
+    """A gunicorn change (USR2) to a release answering 500: the new master's workers are
+    judged against the old master's while both serve; the new master is stopped, the old
+    one never stopped serving."""
+    live = current_release(host.root)
+    old_pid = host.master.live_pid()
+    with Load(host.port, clients=CLIENTS, keepalive=False, think=THINK) as load:
+        load.wait_requests(30)
+        result = host.deploy("usr2-500", gunicorn=GUNICORN_OTHER,
+                             live_only_status="500 Internal Server Error")
+        done_at = time.monotonic()
+        load.wait_requests(30, after=done_at)
+    print(f"\n[deploy usr2 failed canary] {result.seconds:.1f}s, {load.describe()}\n"
+          f"{result.proc.stderr}")
+    assert result.rc == deploy.EXIT_ROLLED_BACK, str(result)
+    assert result.json["method"] == "usr2", result.json
+    assert result.json["error"].startswith("canary failed: "), result.json
+    assert host.master.live_pid() == old_pid
+    new_pid = result.json.get("new_master_pid")
+    assert new_pid and not pid_alive(new_pid)
+    assert current_release(host.root) == live
+    assert set(load.versions_after(done_at)) == {live}
+    assert set(load.failed()) <= {"HTTP 500"}, load.describe()
 
 
 def test_gunicorn_change_uses_usr2_handoff(host: Host) -> None:
@@ -187,6 +241,9 @@ def test_gunicorn_change_uses_usr2_handoff(host: Host) -> None:
     assert result.rc == 0, str(result)
     assert result.json["method"] == "usr2", result.json
     assert any(f"gunicorn 27.0.1 -> {GUNICORN_OTHER}" in r for r in result.json["reasons"])
+    # keep-alive clients stay on the old master's workers: too few requests reach the new
+    # one's to judge them, and the handoff goes on
+    assert "[canary]" in result.proc.stderr and "canary failed" not in result.proc.stderr
     new_pid = host.master.live_pid()
     assert new_pid != old_pid and new_pid == result.json["new_master_pid"]
     assert not pid_alive(old_pid)

@@ -121,4 +121,6 @@ def test_a_failed_canary_reaches_statsd(
         result = run_cli("reload", "--pidfile", str(master.pidfile), "--wait", "--timeout", "60")
     assert result.returncode == 1, result.stdout + result.stderr
     wait_metric(statsd, seen, r"web\.rollover\.canary\.failed:1\|c(\|@1(\.0)?)?")
+    # which rule decided
+    wait_metric(statsd, seen, r"web\.rollover\.canary\.rule\.significant:1\|c(\|@1(\.0)?)?")
     wait_metric(statsd, seen, r"web\.rollover\.rollouts\.aborted:1\|c(\|@1(\.0)?)?")

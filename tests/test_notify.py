@@ -50,8 +50,13 @@ def test_decide_reload_cycle_and_failed_preparation() -> None:
     assert message == "STATUS=rolling: 0/2 workers on generation 2"
     message, sent = decide(sent, View("rolling", 1, 2, 2, rolling=2, new_ready=1, canary=99))
     assert message == "STATUS=rolling: 1/2 workers on generation 2, judging canary 99"
-    message, sent = decide(sent, View("rolling", 1, 2, 2, rolling=2, new_ready=1))
-    assert message == "STATUS=rolling: 1/2 workers on generation 2"
+    message, sent = decide(sent, View("rolling", 1, 2, 2, rolling=2, new_ready=1,
+                                      verdict="canary passed: 0 of 24 failed vs 0 of 80 on "
+                                              "the old workers; 20% failing ruled out, "
+                                              "p = 0.0047"))
+    assert message == ("STATUS=rolling: 1/2 workers on generation 2 (canary passed: 0 of 24 "
+                       "failed vs 0 of 80 on the old workers; 20% failing ruled out, "
+                       "p = 0.0047)")
     message, sent = decide(sent, View("idle", 2, 2, 2))
     assert message == "READY=1\nSTATUS=idle: 2 workers, generation 2"
     assert not sent.reloading

@@ -96,3 +96,30 @@ def test_counting_wsgi_by_class() -> None:
                                         failed=1)
     sent = messages.decode(messages.encode(7, Counts(tally.snapshot())).rstrip(b"\n"))
     assert sent == messages.Envelope(7, Counts(tally.snapshot()))
+
+
+def test_errors_wake_the_reporter_only_while_a_canary_is_judged() -> None:
+    from rollover.worker import spread
+    from rollover.worker.recycle import Reporter
+
+    calls: list[str] = []
+    tally = Tally()
+    counted = counted_wsgi(lambda environ, start: [start(environ["status"], []) or b""],
+                           tally)
+    tally.on_error = lambda: calls.append("error")
+    for status in ["200 OK", "404 Not Found", "500 Oops", "503 Busy"]:
+        counted({"status": status}, lambda *a: None)
+    assert calls == ["error", "error"]
+
+    reporter = Reporter(SimpleNamespace(alive=False), Tally(), Limits(),
+                        lambda *a: None)
+    spread.create()
+    try:
+        spread.close_window()
+        reporter._error()
+        assert not reporter._wake.is_set()
+        spread.open_window(99999, 3)
+        reporter._error()
+        assert reporter._wake.is_set()
+    finally:
+        spread.close_window()

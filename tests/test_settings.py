@@ -84,7 +84,25 @@ def test_every_setting_has_a_documented_name() -> None:
         "rollover_max_worker_rss", "rollover_max_worker_age", "rollover_max_worker_age_jitter",
         "rollover_canary", "rollover_canary_requests", "rollover_canary_seconds",
         "rollover_canary_threshold", "rollover_canary_min_failures",
+        "rollover_canary_confidence", "rollover_canary_max_seconds", "rollover_canary_strict",
     }
+
+
+def test_canary_settings_are_bounded() -> None:
+    s = resolve(gunicorn_cfg(), {}, {})
+    assert (s.canary_confidence, s.canary_max_seconds, s.canary_strict,
+            s.canary_min_failures) == (0.995, 60.0, False, 3)
+    assert resolve(gunicorn_cfg(), {}, {"ROLLOVER_CANARY_STRICT": "1"}).canary_strict
+    for env, message in [
+        ({"ROLLOVER_CANARY_CONFIDENCE": "1"}, "must be 0.5 to 0.99999"),
+        ({"ROLLOVER_CANARY_CONFIDENCE": "0.3"}, "must be 0.5 to 0.99999"),
+        ({"ROLLOVER_CANARY_MAX_SECONDS": "7200"}, "must be 1 to 3600 s"),
+        ({"ROLLOVER_CANARY_MAX_SECONDS": "5"},
+         "rollover_canary_max_seconds must be >= rollover_canary_seconds"),
+        ({"ROLLOVER_CANARY_MIN_FAILURES": "0"}, "must be 1 to 1000"),
+    ]:
+        with pytest.raises(SettingsError, match=message):
+            resolve(gunicorn_cfg(), {}, env)
 
 
 def test_drain_is_on_by_default_and_can_be_turned_off() -> None:

@@ -118,6 +118,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preflight-timeout", type=timeout_seconds,
                         default=DEFAULT_PREFLIGHT_TIMEOUT, metavar="SECONDS",
                         help=f"for the preflight (default {DEFAULT_PREFLIGHT_TIMEOUT:g})")
+    parser.add_argument("--strict", action="store_true",
+                        help="a HUP roll whose canary was not judged (too little traffic) "
+                        "is a failed deploy: the release is flipped back")
     parser.add_argument("--json", action="store_true",
                         help="print a JSON summary on stdout (progress goes to stderr)")
     parser.add_argument("--dry-run", action="store_true",

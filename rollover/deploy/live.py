@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rollover.canary import CanaryPolicy
+from rollover.deploy import handoff_canary
 from rollover.deploy.facts import LiveMaster
 from rollover.deploy.report import LiveFailure, Report
 from rollover.master import (
@@ -91,12 +93,23 @@ def live_hup(opts: argparse.Namespace, master: LiveMaster, release_dir: Path,
              report: Report) -> None:
     started = time.monotonic()
     record = hup_and_wait(opts.pidfile, master.status_path, opts.timeout, report, "reload")
+    unjudged = not_judged(record)
+    if unjudged is not None and getattr(opts, "strict", False):
+        raise LiveFailure(f"canary not judged (--strict): {unjudged}")
     report.done("reload", started, f"HUP: rolled out generation {record.get('generation')}")
     started = time.monotonic()
     detail = wait_verified(master.status_path, master.pid, release_dir,
                            record.get("generation"))
     report.say("verify", detail)
     report.done("verify", started, detail)
+
+
+def not_judged(record: dict[str, Any]) -> str | None:
+    """The canary's summary when a roll went on without a verdict on it."""
+    canary = record.get("canary")
+    if isinstance(canary, dict) and canary.get("verdict") == "not judged":
+        return str(canary.get("summary"))
+    return None
 
 
 def wait_verified(status_path: str, pid: int, release_dir: Path, generation: int | None,
@@ -173,8 +186,12 @@ def live_usr2(opts: argparse.Namespace, master: LiveMaster, release_dir: Path,
     handoff.new_pid = new_pid
     report.new_master_pid = new_pid
     report.say("handoff", f"new master {new_pid} started; waiting for its workers")
-    # 2. its workers READY
+    # 2. its workers READY; from the first one on, the canary: the new master's workers
+    # judged against the old master's, both serving from the same sockets
+    policy: CanaryPolicy | None = None  # the new master's, read once it has a READY worker
+    judge: handoff_canary.HandoffJudge | None = None
     shown = None
+    ready_seen = False
     while True:
         if not pid_alive(new_pid):
             raise LiveFailure(f"the new master {new_pid} exited before its workers were ready "
@@ -188,6 +205,13 @@ def live_usr2(opts: argparse.Namespace, master: LiveMaster, release_dir: Path,
                 shown = progress
                 report.say("handoff", f"{ready}/{status.get('workers_target')} workers of the "
                            f"new master ready")
+            if ready and not ready_seen:
+                ready_seen = True
+                policy = handoff_canary.policy_from_status(
+                    status, strict=getattr(opts, "strict", False))
+                if policy is None:
+                    report.say("canary", "off in the new master: not judged")
+            judge = _judge_step(judge, policy, status, master.status_path, old, report)
             if _all_ready(status):
                 break
         if time.monotonic() >= deadline:
@@ -199,7 +223,24 @@ def live_usr2(opts: argparse.Namespace, master: LiveMaster, release_dir: Path,
                           f"release's {facts.get('gunicorn')}: did it re-exec through current?")
     detail = verify_workers(status, release_dir, None)
     report.say("verify", detail)
-    # 3. the pidfile names the new master before the old one exits (under systemd with
+    # 3. no verdict yet: the handoff holds until there is one (the old master serving);
+    # a window that cannot even start (no counts in a status) is not judged
+    start_by = time.monotonic() + 2 * handoff_canary.IDLE_SLACK
+    while policy is not None and (judge is None or judge.verdict is None):
+        if judge is None and time.monotonic() >= start_by:
+            report.say("canary", "not judged: no request counts in the masters' statuses")
+            if policy.strict:
+                raise LiveFailure("canary not judged (--strict): no request counts in the "
+                                  "masters' statuses")
+            break
+        if not pid_alive(new_pid):
+            raise LiveFailure(f"the new master {new_pid} exited while its workers were judged")
+        if not pid_alive(old):
+            raise LiveFailure(f"the old master {old} exited while the new master was judged")
+        time.sleep(POLL_INTERVAL)
+        judge = _judge_step(judge, policy, poll_status(status2_path, new_pid),
+                            master.status_path, old, report)
+    # 4. the pidfile names the new master before the old one exits (under systemd with
     # PIDFile=, the main PID moves to the new master when the old one exits)
     write_pidfile(opts.pidfile, new_pid)
     old_workers = child_pids(old) - {new_pid}
@@ -220,7 +261,7 @@ def live_usr2(opts: argparse.Namespace, master: LiveMaster, release_dir: Path,
             os.kill(pid, signal.SIGKILL)
     if left:
         report.say("handoff", f"killed old workers left behind: {left}")
-    # 4. the new master is promoted: its status moves to the normal path
+    # 5. the new master is promoted: its status moves to the normal path
     promote_deadline = time.monotonic() + 15
     while time.monotonic() < promote_deadline:
         promoted = poll_status(master.status_path, new_pid)
@@ -236,6 +277,32 @@ def live_usr2(opts: argparse.Namespace, master: LiveMaster, release_dir: Path,
         raise LiveFailure(f"the new master {new_pid} exited after the handoff")
     report.say("handoff", f"master {old} -> {new_pid} in {time.monotonic() - started:.1f}s")
     report.done("handoff", started, f"USR2: master {old} -> {new_pid}; {detail}")
+
+
+def _judge_step(judge: handoff_canary.HandoffJudge | None,
+                policy: CanaryPolicy | None, new_status: dict[str, Any] | None,
+                old_status_path: str, old: int, report: Report,
+                ) -> handoff_canary.HandoffJudge | None:
+    """Start the handoff's canary once the new master has a READY worker, then step it; a
+    verdict is reported once, and one that stops the handoff raises LiveFailure."""
+    if policy is None or new_status is None or (judge is not None and judge.verdict):
+        return judge
+    old_status = poll_status(old_status_path, old)
+    now = time.monotonic()
+    if judge is None:
+        if not (handoff_canary.counts(new_status) and handoff_canary.counts(old_status)):
+            return None  # no counted READY worker yet, or a transient miss: the next poll
+        assert old_status is not None
+        judge = handoff_canary.HandoffJudge.start(policy, new_status, old_status, now)
+        report.say("canary", judge.line())
+        return judge
+    verdict = judge.step(new_status, old_status, now)
+    if verdict is not None:
+        report.say("canary", f"{verdict.result}: {verdict.summary}")
+        problem = handoff_canary.failure(verdict, policy)
+        if problem is not None:
+            raise LiveFailure(problem)
+    return judge
 
 
 def stop_new_master(pid: int, grace: float) -> str | None:

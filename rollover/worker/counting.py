@@ -25,14 +25,26 @@ __all__ = ["Tally", "counted_asgi", "counted_wsgi"]
 
 
 class Tally:
-    __slots__ = ("client_error", "failed", "ok", "requests", "server_error")
+    """`on_error`, when set, is called after each error counted (5xx or raised): the
+    reporter's wake-up, so a canary's errors reach the master without waiting for its
+    next report."""
+
+    __slots__ = ("client_error", "failed", "ok", "on_error", "requests", "server_error")
 
     def __init__(self) -> None:
         self.requests = self.ok = self.client_error = self.server_error = self.failed = 0
+        self.on_error: Callable[[], None] | None = None
+
+    def raised(self) -> None:
+        self.failed += 1
+        if self.on_error is not None:
+            self.on_error()
 
     def answered(self, status: int) -> None:
         if status >= 500:
             self.server_error += 1
+            if self.on_error is not None:
+                self.on_error()
         elif status >= 400:
             self.client_error += 1
         else:
@@ -76,7 +88,7 @@ def counted_wsgi(app: Callable[..., Iterable[bytes]], tally: Tally,
             return app(environ, start)
         except BaseException:
             if not answered:
-                tally.failed += 1
+                tally.raised()
             raise
 
     counted.__wrapped__ = app  # type: ignore[attr-defined]
@@ -116,10 +128,10 @@ def counted_asgi(app: Callable[..., Any], tally: Tally, close: Close | None = No
             result = await app(scope, receive, counting_send)
         except BaseException:
             if not answered:
-                tally.failed += 1
+                tally.raised()
             raise
         if not answered:
-            tally.failed += 1
+            tally.raised()
         return result
 
     counted.__wrapped__ = app  # type: ignore[attr-defined]

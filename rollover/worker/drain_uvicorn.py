@@ -12,6 +12,7 @@ Imported only in a master whose worker class is a uvicorn one (uvicorn is loaded
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import sys
@@ -51,6 +52,22 @@ class DrainingServer(Server):
         super().__init__(config)
         self.drain = drain
         self.graceful_timeout = graceful_timeout
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """SIGTERM: stop accepting now, not at uvicorn's next main-loop tick (0.1 s later),
+        and answer with Connection: close from here on: a retired worker (a failed canary
+        above all) takes no new connection meanwhile. `shutdown` does the rest."""
+        super().handle_exit(sig, frame)
+        self.drain.draining = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        for server in getattr(self, "servers", None) or ():
+            for sock in getattr(server, "sockets", None) or ():
+                # a loop without remove_reader: `shutdown` closes the server
+                with contextlib.suppress(Exception):
+                    loop.remove_reader(sock.fileno())
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         deadline = drain_deadline(self.graceful_timeout)

@@ -18,8 +18,9 @@ not all ask at once).
 The reporter is a daemon thread of the worker's (a greenlet under gevent or eventlet),
 on a clock of its own: it sends the worker's request counts when they changed, every
 `COUNTS_EVERY` seconds while a canary is judged (`rollover.worker.spread`: its verdict
-waits on them) and every `QUIET_COUNTS_EVERY` seconds otherwise (each message wakes the
-master's loop; the status shows counts once a second), and while a limit is reached it
+waits on them; an error counted then is reported within `ERROR_EVERY`) and every
+`QUIET_COUNTS_EVERY` seconds otherwise (each message wakes the master's loop; the status
+shows counts once a second), and while a limit is reached it
 checks every `COUNTS_EVERY` seconds and asks for a replacement every
 `ASK_EVERY` seconds (the channel drops a message rather than block a worker, so a request
 may be lost: asking again is how it is answered).
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ASK_EVERY",
     "COUNTS_EVERY",
+    "ERROR_EVERY",
     "HARD_CAP_FACTOR",
     "QUIET_COUNTS_EVERY",
     "Due",
@@ -57,6 +59,7 @@ __all__ = [
 ]
 
 COUNTS_EVERY = 0.25
+ERROR_EVERY = 0.05  # while a canary is judged, an error is reported this soon at most
 QUIET_COUNTS_EVERY = 1.0
 ASK_EVERY = 1.0
 HARD_CAP_FACTOR = 2
@@ -136,8 +139,16 @@ class Reporter:
 
             self._process = psutil.Process()
         self._sent: Outcomes | None = None
+        self._wake = threading.Event()
+
+    def _error(self) -> None:
+        """An error was counted (in the serving thread): while a canary is judged, report
+        without waiting for the next tick, so a failing canary is stopped sooner."""
+        if not self._wake.is_set() and spread.window_open():
+            self._wake.set()
 
     def start(self) -> None:
+        self.tally.on_error = self._error
         threading.Thread(target=self._run, name="rollover-reporter", daemon=True).start()
         atexit.register(self.last_counts)
 
@@ -160,7 +171,9 @@ class Reporter:
         tick = threading.Event()
         next_ask = next_counts = 0.0
         while getattr(self.worker, "alive", True):
-            tick.wait(COUNTS_EVERY)
+            tick.wait(ERROR_EVERY)  # a floor: errors coming fast are reported in batches
+            self._wake.wait(COUNTS_EVERY - ERROR_EVERY)
+            self._wake.clear()
             counts = self.tally.snapshot()
             now = time.monotonic()
             if counts != self._sent and (now >= next_counts or spread.window_open()):
