@@ -48,7 +48,7 @@ RANGES: dict[str, Range] = {
     "max_worker_age": Range(1, _YEAR, unit=" s"),
     "max_worker_age_jitter": Range(0, _YEAR, unit=" s"),
     "canary_requests": Range(1, 1_000_000, integer=True),
-    "canary_seconds": Range(0.5, _DAY, unit=" s"),
+    "canary_seconds": Range(0.5, 3600, unit=" s"),  # within canary_max_seconds
     "canary_threshold": Range(0, 0.99),
     "canary_min_failures": Range(1, 1000, integer=True),
     "canary_confidence": Range(0.5, 0.99999),
