@@ -234,15 +234,18 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"rollover {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help: str, epilog: str = EPILOG) -> argparse.ArgumentParser:
+    def command(name: str, help: str, epilog: str = EPILOG,
+                pidfile_elsewhere: str = "") -> argparse.ArgumentParser:
         sub = commands.add_parser(
             name, help=help, description=help, epilog=epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         default = os.environ.get(PIDFILE_ENV) or None
-        sub.add_argument("--pidfile", required=default is None, default=default, metavar="F",
+        sub.add_argument("--pidfile", required=default is None and not pidfile_elsewhere,
+                         default=default, metavar="F",
                          help=f"the gunicorn master's pidfile (gunicorn --pid); default: "
-                         f"${PIDFILE_ENV}" + (f" ({default})" if default else ", unset"))
+                         f"${PIDFILE_ENV}" + (f" ({default})" if default else ", unset")
+                         + pidfile_elsewhere)
         sub.add_argument("--status", metavar="S",
                          help="the status file (default: next to the pidfile, "
                          "gunicorn.pid -> gunicorn.rollover.json)")
@@ -263,7 +266,8 @@ def build_parser() -> Parser:
 
     deploy = command("deploy", "build a release into <root>/releases, preflight it, switch "
                      "<root>/current to it and reload the master with no downtime (HUP or "
-                     "USR2 handoff); roll back on failure", epilog=deploy_command.EPILOG)
+                     "USR2 handoff); roll back on failure", epilog=deploy_command.EPILOG,
+                     pidfile_elsewhere=", else pidfile in <root>/rollover.toml")
     deploy_command.add_arguments(deploy)
     deploy.set_defaults(run=deploy_command.run)
     return parser

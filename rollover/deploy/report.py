@@ -54,6 +54,7 @@ class Report:
     rollback_error: str | None = None
     serving: str | None = None  # after a failed live step: the release all READY workers run
     start_command: list[str] | None = None
+    start_shell: str | None = None  # --init: the start command with the env file exported
     dry_run: bool = False
     started: float = field(default_factory=time.monotonic)
 
@@ -93,6 +94,7 @@ class Report:
             "rollback_error": self.rollback_error,
             "serving": self.serving,
             "start_command": self.start_command,
+            "start_shell": self.start_shell,
             "dry_run": self.dry_run,
             "seconds": round(time.monotonic() - self.started, 3),
         }
