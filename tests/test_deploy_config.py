@@ -174,3 +174,20 @@ def test_bad_settings_are_one_line_exit_2(tmp_path: Path, toml: str, extra: list
     err = capsys.readouterr().err.strip().splitlines()
     assert code == deploy.EXIT_ERROR, err
     assert len(err) == 1 and err[0].startswith("rollover: ") and needle in err[0], err
+
+
+def test_deploy_warns_when_the_master_has_another_environment(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from rollover.deploy.command import _say_environment
+    from rollover.deploy.report import Report
+
+    master = deploy.LiveMaster(4242, {}, "", [], {"SECRET_KEY": "old", "A": "1",
+                                                  "LISTEN_FDS": "1"})
+    _say_environment("/srv/app/shared/.env", {"SECRET_KEY": "new", "A": "1", "B": "2"},
+                     master, Report(json_mode=False))
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "[env]       /srv/app/shared/.env: 3 variables for the build and the preflight"
+    assert out[1].startswith("[env]       warning: master 4242 does not have B, SECRET_KEY as "
+                             "the env file says"), out
+    _say_environment("/srv/app/shared/.env", {"A": "1"}, master, Report(json_mode=False))
+    assert "warning" not in capsys.readouterr().out

@@ -107,8 +107,12 @@ def build(opts: argparse.Namespace, release_dir: Path, python: str, report: Repo
         args += wheels
         if requirements or wheels:
             _run_logged(pip + args, log, "pip install")
-        for command in opts.build:
-            run_build_command(command, release_dir, env, log, opts.build_timeout, report)
+        if opts.dry_run and opts.build:
+            report.say("build", f"dry run: not running the {len(opts.build)} build "
+                       "command(s): they may change shared state (migrate)")
+        else:
+            for command in opts.build:
+                run_build_command(command, release_dir, env, log, opts.build_timeout, report)
     meta = {
         "id": release_dir.name,
         "created": time.time(),

@@ -59,9 +59,10 @@ exit codes:
        release (also when a step of the rollback failed: the cause is printed)
   {EXIT_ERROR}    bad usage or a failed precondition (no such root, not a rollover master,
        another deploy running, USR2 needed but impossible); nothing changed
-  {EXIT_BUILD_FAILED}    building the release failed; nothing changed
+  {EXIT_BUILD_FAILED}    building the release failed (pip, or a --build command); nothing live was
+       touched; the release is kept for inspection, marked failed
   {EXIT_PREFLIGHT_FAILED}    the release failed its preflight (import or readiness probe); nothing
-       live was touched
+       live was touched; the release is kept, marked failed
   {EXIT_ROLLBACK_FAILED}    the live step failed and the server is not known to serve either
        release (no READY worker, workers on both, or current disagrees): check it
   {EXIT_INTERRUPTED}  interrupted (a live step in progress is rolled back first)
@@ -232,7 +233,7 @@ def deploy(opts: argparse.Namespace, report: Report) -> int:
     for path in [*opts.requirements, *opts.wheel]:
         if not os.path.isfile(path):
             raise DeployError(f"{path}: no such file")
-    if opts.build and not building:
+    if given.get("build") and not building:  # rollover.toml's apply to builds only
         raise DeployError("--build runs in a release being built: give --source (or "
                           "--requirements/--wheel) too")
     shared = shared_paths.entries(opts.shared)

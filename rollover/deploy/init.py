@@ -19,7 +19,7 @@ from rollover.deploy.report import EXIT_DEPLOYED, DeployError, Report
 # what --init writes into rollover.toml when given on its command line
 CONFIG_KEYS = ("pidfile", "app", "shared", "build", "env_file", "probe_path", "requirements",
                "wheel", "find_links", "no_index", "pip_arg", "python", "keep", "keep_failed",
-               "interface", "method")
+               "interface", "method", "bind", "workers")
 
 
 def start_command(layout: Layout, opts: argparse.Namespace) -> list[str]:
