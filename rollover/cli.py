@@ -93,6 +93,16 @@ def describe_last(record: dict[str, Any]) -> str:
     return text
 
 
+def _newer(at: Any, last: Any) -> bool:
+    """Whether the handoff at `at` came after the last rollout `last` finished."""
+    if not isinstance(last, dict) or not last.get("finished"):
+        return True
+    try:
+        return parse_iso(at) >= parse_iso(last["finished"])
+    except (TypeError, ValueError, OverflowError):
+        return True
+
+
 def degraded_reason(status: dict[str, Any], now: float) -> str:
     """Why fewer workers than wanted are READY: the last respawn failure and when the next
     respawn is due, or the workers still booting."""
@@ -137,7 +147,15 @@ def render_status(status: dict[str, Any], now: float) -> str:
             lines.append(f"canary: worker {canary.get('pid')} answered "
                          f"{canary.get('requests', 0)} requests, {canary.get('failures', 0)} "
                          f"with 5xx; waiting for its verdict")
-    if isinstance(last, dict):
+    handoff = status.get("handoff")
+    if isinstance(handoff, dict) and _newer(handoff.get("at"), last):
+        lines.append(f"last rollout: USR2 handoff from master {handoff.get('from_pid')} to "
+                     f"generation {handoff.get('generation')} ({handoff.get('release')}), "
+                     f"{age(handoff.get('at'), now)} ago")
+        if isinstance(last, dict):
+            lines.append(f"before it: {describe_last(last)}, {age(last.get('finished'), now)}"
+                         " ago")
+    elif isinstance(last, dict):
         lines.append(f"last rollout: {describe_last(last)}, {age(last.get('finished'), now)} ago")
     elif not isinstance(current, dict):
         lines.append("no rollout yet")
