@@ -444,7 +444,6 @@ def test_is_asgi() -> None:
 
 def test_parser_has_deploy() -> None:
     from rollover import cli
-
     from rollover.deploy import config
 
     args = cli.build_parser().parse_args(["deploy", "--pidfile", "p", "--root", "r",

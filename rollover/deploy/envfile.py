@@ -5,8 +5,9 @@ The syntax is what dotenv readers, systemd's `EnvironmentFile=` and a shell (`se
 . FILE`) read alike: `KEY=VALUE` lines, `#` comments and blank lines, a value bare or in
 single or double quotes, taken literally. Anything they would read differently (`export
 KEY=...`, a line without `=`, a bad name, a bare value with a space, `$` or a backslash
-outside single quotes) is an error naming the line, so they never disagree. In build and preflight the file wins over the deploy shell's environment; under
-systemd `EnvironmentFile=` wins over the unit's `Environment=` lines.
+outside single quotes) is an error naming the line, so they never disagree. In build and
+preflight the file wins over the deploy shell's environment; under systemd
+`EnvironmentFile=` wins over the unit's `Environment=` lines.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""Pruning: keep the `--keep` newest releases, never the live one, the rollback target, or
-one that a running process still uses (cwd, executable or a mapped file under it) or that
-the live master captured at start."""
+"""Pruning: keep the `--keep` newest releases that served and the `--keep-failed` newest of
+the others (failed, rolled back, never deployed), never the live one, the rollback target,
+or one that a running process still uses (cwd, executable or a mapped file under it) or
+that the live master captured at start. `prune_plan` decides (pure); `prune` moves what
+goes out of `releases/` and leaves the deleting to a detached process."""
 
 from __future__ import annotations
 
