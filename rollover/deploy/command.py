@@ -20,7 +20,7 @@ from rollover.deploy import envfile
 from rollover.deploy import shared as shared_paths
 from rollover.deploy.build import build, default_python
 from rollover.deploy.facts import LiveMaster, find_master, gather
-from rollover.deploy.init import init, pidfile_dir, start_command
+from rollover.deploy.init import init, pidfile_dir, shell_start, start_command
 from rollover.deploy.layout import (
     BUILD_LOG,
     RELEASE_ID,
@@ -320,7 +320,7 @@ def deploy(opts: argparse.Namespace, report: Report) -> int:
             if scratch:
                 shutil.rmtree(release_dir, ignore_errors=True)
         return go_live(opts, layout, master, previous, release_id, release_dir, facts, plan,
-                       report)
+                       report, env_path)
 
 
 def _probe_path(opts: argparse.Namespace, master: LiveMaster | None,
@@ -339,7 +339,8 @@ def _say_environment(path: str | None, file_env: dict[str, str], master: LiveMas
                      report: Report) -> None:
     if path is None:
         return
-    report.say("env", f"{path}: {len(file_env)} variables for the build and the preflight")
+    count = f"{len(file_env)} variable" + ("" if len(file_env) == 1 else "s")
+    report.say("env", f"{path}: {count} for the build and the preflight")
     if master is None:
         return
     differ = envfile.differences(file_env, master.environ)
@@ -388,7 +389,7 @@ def _say_plan(plan: Plan, report: Report) -> None:
 
 def go_live(opts: argparse.Namespace, layout: Layout, master: LiveMaster | None,
             previous: str | None, release_id: str, release_dir: Path, facts: dict[str, Any],
-            plan: Plan, report: Report) -> int:
+            plan: Plan, report: Report, env_path: str | None = None) -> int:
     handoff = Handoff()
     started = time.monotonic()
     layout.switch(release_id)
@@ -427,7 +428,9 @@ def go_live(opts: argparse.Namespace, layout: Layout, master: LiveMaster | None,
     mark(release_dir, f"deployed {now()} ({how})", served=True)
     if master is None:
         report.start_command = start_command(layout, opts)
-        print("start gunicorn on it with:\n  " + shlex.join(report.start_command),
+        report.start_shell = shell_start(layout, opts, env_path) if env_path else None
+        print("start gunicorn on it with:\n  " + (report.start_shell
+                                                  or shlex.join(report.start_command)),
               file=report.out, flush=True)
     print(f"deployed {release_id} in {time.monotonic() - report.started:.1f}s ({how})",
           file=report.out, flush=True)
