@@ -191,3 +191,32 @@ def test_deploy_warns_when_the_master_has_another_environment(
                              "the env file says"), out
     _say_environment("/srv/app/shared/.env", {"A": "1"}, master, Report(json_mode=False))
     assert "warning" not in capsys.readouterr().out
+
+
+def test_a_failed_release_is_kept_and_its_id_can_be_built_again(tmp_path: Path) -> None:
+    """A build step that fails: exit 3, its output shown, the release kept and marked;
+    the same id built again replaces it (no pip: the release's venv has no gunicorn, so
+    the second attempt stops at the preflight, exit 4, kept as well)."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "app.py").write_text("def app(environ, start_response):\n    return [b'']\n")
+    root = tmp_path / "root"
+    common = [str(ROLLOVER_CLI), "deploy", "--root", str(root), "--pidfile",
+              str(tmp_path / "run" / "g.pid"), "--app", "app:app", "--source", str(source),
+              "--release", "r1"]
+    first = subprocess.run([*common, "--build", "echo step one; exit 3"], capture_output=True,
+                           text=True, timeout=120, check=False, env=deploy_env())
+    assert first.returncode == deploy.EXIT_BUILD_FAILED, first.stdout + first.stderr
+    assert "[build]     | step one" in first.stdout
+    assert first.stderr.strip() == ("rollover: build failed: `echo step one; exit 3` exited "
+                                    "3: step one")
+    meta = json.loads((root / "releases" / "r1" / deploy.METADATA).read_text())
+    assert meta["complete"] is False and "exited 3" in meta["failed"], meta
+    assert "step one" in (root / "releases" / "r1" / ".rollover-build.log").read_text()
+    assert not (root / "current").exists()
+    second = subprocess.run(common, capture_output=True, text=True, timeout=120, check=False,
+                            env=deploy_env())
+    assert second.returncode == deploy.EXIT_PREFLIGHT_FAILED, second.stdout + second.stderr
+    assert "replacing the failed release r1" in second.stdout
+    meta = json.loads((root / "releases" / "r1" / deploy.METADATA).read_text())
+    assert meta["complete"] is True and "preflight failed" in meta["failed"], meta
