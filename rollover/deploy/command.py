@@ -272,7 +272,7 @@ def deploy(opts: argparse.Namespace, report: Report) -> int:
             existing = layout.release(release_id)
             if existing is not None and existing.failed and release_id != previous \
                     and not opts.dry_run:
-                layout.remove(existing.path)
+                layout.trash(existing.path)  # deleted in the background by the prune
                 report.say("build", f"replacing the failed release {release_id} "
                            f"({existing.failed})")
             elif layout.path(release_id).exists():

@@ -8,7 +8,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -148,11 +147,6 @@ class Layout:
             return None
         return trash
 
-    def remove(self, path: Path) -> None:
-        """Delete a release: renamed first, so a half-deleted one never looks like a release."""
-        trash = self.trash(path)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
 
 def read_metadata(release_dir: Path) -> dict[str, Any] | None:
     try:
