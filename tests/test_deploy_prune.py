@@ -78,6 +78,7 @@ def test_keep_2_after_a_failed_release(tmp_path_factory: pytest.TempPathFactory)
     assert "[build]     | compiling" in err
     assert err[-1] == ("rollover: build failed: `echo compiling; echo 'error: no such "
                        "asset' >&2; exit 7` exited 7: error: no such asset"), err[-1]
+    assert bad.json["output_tail"] == ["compiling", "error: no such asset"], bad.json
     assert os.readlink(root / "current") == "releases/v2"
     assert "failed" in json.loads((root / "releases" / "v3" / deploy.METADATA).read_text())
 

@@ -186,9 +186,11 @@ def run_build_command(command: str, release_dir: Path, env: dict[str, str], log:
         timer.cancel()
         log.flush()
     if timer.expired:
+        report.output_tail = list(tail)
         raise DeployError(f"build failed: `{command}` ran longer than {timeout:g}s "
                           "(--build-timeout); killed", EXIT_BUILD_FAILED)
     if code != 0:
+        report.output_tail = list(tail)
         last = next((ln.strip() for ln in reversed(tail) if ln.strip()), "no output")
         raise DeployError(f"build failed: `{command}` exited {code}: {last}",
                           EXIT_BUILD_FAILED)
