@@ -164,6 +164,10 @@ def test_init_makes_shared_env_file_config_and_unit(tmp_path: Path) -> None:
     ('[deploy]\npidfile = "p"\nenv_file = "nope.env"\n', ["--source", "."], "no such file"),
     ('[deploy]\npidfile = "p"\n', ["--build", "true", "--release", "x"],
      "--build runs in a release being built"),
+    # rollover.toml's wheels add to a build; --release alone redeploys a built release
+    ('[deploy]\npidfile = "p"\nwheel = ["w.whl"]\nbuild = ["false"]\n', ["--release", "x"],
+     "no complete release x in"),
+    ('[deploy]\npidfile = "p"\nwheel = ["w.whl"]\n', ["--source", "."], "w.whl: no such file"),
 ])
 def test_bad_settings_are_one_line_exit_2(tmp_path: Path, toml: str, extra: list[str],
                                           needle: str, monkeypatch: pytest.MonkeyPatch,

@@ -222,7 +222,9 @@ def deploy(opts: argparse.Namespace, report: Report) -> int:
         return init(opts, given, report)
     layout = Layout(opts.root)
     report.root = str(layout.root)
-    building = bool(opts.source or opts.requirements or opts.wheel)
+    # a build needs its inputs on the command line: rollover.toml's requirements and wheels
+    # only add to a build (`--release ID` alone redeploys a built release)
+    building = bool(opts.source or given.get("requirements") or given.get("wheel"))
     if not building and not opts.release:
         raise DeployError("nothing to deploy: give --source, --requirements or --wheel, or "
                           "--release naming a built release")
@@ -230,7 +232,7 @@ def deploy(opts: argparse.Namespace, report: Report) -> int:
         raise DeployError(f"bad release id {opts.release!r} (letters, digits, . _ + -)")
     if opts.source and not os.path.isdir(opts.source):
         raise DeployError(f"--source {opts.source}: no such directory")
-    for path in [*opts.requirements, *opts.wheel]:
+    for path in [*opts.requirements, *opts.wheel] if building else []:
         if not os.path.isfile(path):
             raise DeployError(f"{path}: no such file")
     if given.get("build") and not building:  # rollover.toml's apply to builds only
