@@ -212,7 +212,7 @@ def write_site(directory: Path, version: str, django_version: str, *,
         (directory / "shop" / "static" / "shop" / "style.css").write_text(
             'h1 { background: url("missing.png"); }\n')
     (directory / "requirements.txt").write_text(
-        f"django=={django_version}\ngunicorn==27.0.1\ngunicorn-rollover\n")
+        f"django=={django_version}\ngunicorn==27.0.1\n")  # rollover: the wheel in rollover.toml
     return directory
 
 
@@ -310,8 +310,10 @@ def test_init_first_deploy_and_start(site: Site, tmp_path_factory: pytest.TempPa
         [str(ROLLOVER_CLI), "deploy", "--init", "--root", str(site.root), "--pidfile",
          str(pidfile), "--app", "djsite.wsgi:application", "--bind", f"127.0.0.1:{site.port}",
          "--workers", "2", "--shared", "media/", "--shared", "db.sqlite3",
-         *[a for cmd in BUILD for a in ("--build", cmd)], "--find-links", str(wheels),
-         "--find-links", str(django_wheels), "--no-index", "--keep", "2", "--json"],
+         *[a for cmd in BUILD for a in ("--build", cmd)],
+         "--wheel", str(next(wheels.glob("gunicorn_rollover-*.whl"))),
+         "--find-links", str(wheels), "--find-links", str(django_wheels), "--no-index",
+         "--keep", "2", "--json"],
         capture_output=True, text=True, timeout=60, check=False, env=deploy_env())
     assert init.returncode == 0, init.stderr
     assert f"EnvironmentFile={site.root}/shared/.env" in init.stderr

@@ -90,8 +90,8 @@ def prune(layout: Layout, keep: int, protect: set[str], report: Report, dry_run:
     if not dry_run:
         for release in removed:
             layout.trash(release.path)
-        if remove_in_background(layout):
-            text += " (in the background)"
+        if remove_in_background(layout) and removed:
+            text += " (deleted in the background)"
     report.say("prune", text)
     report.done("prune", started, text)
 
