@@ -164,6 +164,11 @@ class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
                     finished=status.parse_iso(finished) - offset if finished else None,
                     rollback=last.get("rollback"))
                 self._reported_rollout = machine.last_rollout  # counted by the old master
+        # the handoff is this master's start: `rollover status` shows it as the last rollout
+        # until a roll of its own ends (the old master's last rollout stays next to it)
+        self._handoff = {"from_pid": old_pid, "generation": machine.generation,
+                         "at": status.iso(time.time()),
+                         "release": os.path.realpath(self.START_CTX.get("cwd") or os.getcwd())}
         self.log.info("rollover: took over from master %s: generation %s", old_pid,
                       machine.generation)
 
@@ -673,6 +678,7 @@ class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
             **self.machine.describe(lambda t: status.iso(t + offset), counters=False),
             "serving_code": "preloaded" if self.cfg.preload_app else "disk",
             "refresh": self.refresh_report.as_dict() if self.refresh_report else None,
+            "handoff": getattr(self, "_handoff", None),
         }
         # request counts change with every request: on their own, written once a second
         # (and only then described: this runs on every wake of the master's loop)

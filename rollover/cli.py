@@ -93,6 +93,16 @@ def describe_last(record: dict[str, Any]) -> str:
     return text
 
 
+def _newer(at: Any, last: Any) -> bool:
+    """Whether the handoff at `at` came after the last rollout `last` finished."""
+    if not isinstance(last, dict) or not last.get("finished"):
+        return True
+    try:
+        return parse_iso(at) >= parse_iso(last["finished"])
+    except (TypeError, ValueError, OverflowError):
+        return True
+
+
 def degraded_reason(status: dict[str, Any], now: float) -> str:
     """Why fewer workers than wanted are READY: the last respawn failure and when the next
     respawn is due, or the workers still booting."""
@@ -137,7 +147,15 @@ def render_status(status: dict[str, Any], now: float) -> str:
             lines.append(f"canary: worker {canary.get('pid')} answered "
                          f"{canary.get('requests', 0)} requests, {canary.get('failures', 0)} "
                          f"with 5xx; waiting for its verdict")
-    if isinstance(last, dict):
+    handoff = status.get("handoff")
+    if isinstance(handoff, dict) and _newer(handoff.get("at"), last):
+        lines.append(f"last rollout: USR2 handoff from master {handoff.get('from_pid')} to "
+                     f"generation {handoff.get('generation')} ({handoff.get('release')}), "
+                     f"{age(handoff.get('at'), now)} ago")
+        if isinstance(last, dict):
+            lines.append(f"before it: {describe_last(last)}, {age(last.get('finished'), now)}"
+                         " ago")
+    elif isinstance(last, dict):
         lines.append(f"last rollout: {describe_last(last)}, {age(last.get('finished'), now)} ago")
     elif not isinstance(current, dict):
         lines.append("no rollout yet")
@@ -234,15 +252,18 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"rollover {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help: str, epilog: str = EPILOG) -> argparse.ArgumentParser:
+    def command(name: str, help: str, epilog: str = EPILOG,
+                pidfile_elsewhere: str = "") -> argparse.ArgumentParser:
         sub = commands.add_parser(
             name, help=help, description=help, epilog=epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         default = os.environ.get(PIDFILE_ENV) or None
-        sub.add_argument("--pidfile", required=default is None, default=default, metavar="F",
+        sub.add_argument("--pidfile", required=default is None and not pidfile_elsewhere,
+                         default=default, metavar="F",
                          help=f"the gunicorn master's pidfile (gunicorn --pid); default: "
-                         f"${PIDFILE_ENV}" + (f" ({default})" if default else ", unset"))
+                         f"${PIDFILE_ENV}" + (f" ({default})" if default else ", unset")
+                         + pidfile_elsewhere)
         sub.add_argument("--status", metavar="S",
                          help="the status file (default: next to the pidfile, "
                          "gunicorn.pid -> gunicorn.rollover.json)")
@@ -263,7 +284,8 @@ def build_parser() -> Parser:
 
     deploy = command("deploy", "build a release into <root>/releases, preflight it, switch "
                      "<root>/current to it and reload the master with no downtime (HUP or "
-                     "USR2 handoff); roll back on failure", epilog=deploy_command.EPILOG)
+                     "USR2 handoff); roll back on failure", epilog=deploy_command.EPILOG,
+                     pidfile_elsewhere=", else pidfile in <root>/rollover.toml")
     deploy_command.add_arguments(deploy)
     deploy.set_defaults(run=deploy_command.run)
     return parser

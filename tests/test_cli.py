@@ -139,6 +139,22 @@ def test_age_and_render() -> None:
     assert "4243" in text and "12s" in text
 
 
+def test_render_names_a_usr2_handoff_as_the_last_rollout() -> None:
+    """A master started by a USR2 handoff (issue #23): the handoff, with its release, is
+    the last rollout; the old master's last rollout comes after it; a later roll of its
+    own is the last again."""
+    before = last(3, 2, NOW - 100, "succeeded")
+    handoff = {"from_pid": 4100, "generation": 4, "at": iso(NOW - 30),
+               "release": "/srv/app/releases/v5"}
+    text = render_status(status_dict(generation=4, last_rollout=before, handoff=handoff), NOW)
+    assert ("last rollout: USR2 handoff from master 4100 to generation 4 "
+            "(/srv/app/releases/v5), 30s ago") in text
+    assert "before it: generation 3 succeeded in 4.2s (min ready 2)" in text
+    later = last(5, 3, NOW - 5, "succeeded")
+    text = render_status(status_dict(generation=5, last_rollout=later, handoff=handoff), NOW)
+    assert "last rollout: generation 5 succeeded" in text and "USR2" not in text
+
+
 # --- the CLI as a subprocess ---------------------------------------------------------------
 
 FAKE_MASTER = r"""
@@ -452,11 +468,20 @@ def test_pidfile_from_the_environment(tmp_path: Path, fake_master: Callable[...,
     assert "$ROLLOVER_PIDFILE" in result.stdout and "other.pid" in result.stdout
 
 
-@pytest.mark.parametrize("command", ["status", "reload", "deploy"])
+@pytest.mark.parametrize("command", ["status", "reload"])
 def test_missing_pidfile_option_points_to_the_subcommand_help(command: str) -> None:
     line = one_error_line(run_cli(command))
     assert "--pidfile (or $ROLLOVER_PIDFILE)" in line, line
     assert line.endswith(f"(see 'rollover {command} --help')"), line
+
+
+def test_deploy_without_pidfile_points_to_rollover_toml(tmp_path: Path) -> None:
+    """`deploy` may take its pidfile from <root>/rollover.toml (issue #23)."""
+    line = one_error_line(run_cli("deploy"))
+    assert "the following arguments are required: --root" in line, line
+    line = one_error_line(run_cli("deploy", "--root", str(tmp_path), "--source", str(tmp_path)))
+    assert line == (f"rollover: which master? give --pidfile F (gunicorn --pid), or pidfile = "
+                    f'"..." in {tmp_path}/rollover.toml'), line
 
 
 def test_render_shows_requests_5xx_recycles_and_the_canary() -> None:

@@ -131,7 +131,10 @@ def test_preflight_failure_leaves_live_untouched(host: Host) -> None:
     assert "broken at import" in result.json["error"]
     assert "broken at import" in result.proc.stderr.splitlines()[-1]
     assert current_release(host.root) == live
-    assert not (host.root / "releases" / "bad-import").exists()
+    # kept for inspection, marked failed (pruned by --keep-failed, not counted by --keep)
+    meta = json.loads((host.root / "releases" / "bad-import" / deploy.METADATA).read_text())
+    assert "broken at import" in meta["failed"] and meta["note"].startswith("rejected")
+    assert "served" not in meta
     assert (host.master.live_pid(), host.workers()) == (master_pid, workers)
     assert answering(host.port) == live
 
@@ -317,10 +320,30 @@ def test_current_must_be_a_symlink(tmp_path: Path) -> None:
 
 
 def test_prune_keeps_newest_protected_and_used() -> None:
-    releases = [deploy.Release(str(i), Path(str(i)), float(i), True) for i in range(9, 0, -1)]
+    releases = [deploy.Release(str(i), Path(str(i)), float(i), True, served=True)
+                for i in range(9, 0, -1)]
     kept, removed = deploy.prune_plan(releases, 3, protect={"2"}, in_use={"1"})
     assert [r.id for r in kept] == ["9", "8", "7", "2", "1"]
     assert [r.id for r in removed] == ["6", "5", "4", "3"]
+
+
+def test_prune_counts_served_and_failed_releases_apart() -> None:
+    """The issue's case: --keep 3 used to keep the broken v5b and remove the rollback
+    targets v3 and v5. Served releases are counted by --keep, the rest by --keep-failed."""
+    def release(rid: str, age: int, served: bool) -> deploy.Release:
+        return deploy.Release(rid, Path(rid), float(100 - age), True, served=served,
+                              failed=None if served else "preflight failed")
+
+    releases = [release("v6", 0, True), release("v5b", 1, False), release("v5", 2, True),
+                release("v4b", 3, False), release("v3", 4, True), release("v2", 5, True),
+                release("v1b", 6, False)]
+    kept, removed = deploy.prune_plan(releases, 3, protect={"v6", "v5"}, in_use=set(),
+                                      keep_failed=1)
+    assert [r.id for r in kept] == ["v6", "v5b", "v5", "v3"]
+    assert [r.id for r in removed] == ["v4b", "v2", "v1b"]
+    # a protected (live or rollback target) or used release is kept beyond either count
+    kept, _ = deploy.prune_plan(releases, 1, protect={"v2"}, in_use={"v1b"}, keep_failed=1)
+    assert [r.id for r in kept] == ["v6", "v5b", "v2", "v1b"]
 
 
 def test_changed_shared_objects(tmp_path: Path) -> None:
@@ -478,11 +501,15 @@ def test_is_asgi() -> None:
 
 def test_parser_has_deploy() -> None:
     from rollover import cli
+    from rollover.deploy import config
 
     args = cli.build_parser().parse_args(["deploy", "--pidfile", "p", "--root", "r",
-                                          "--source", "s"])
+                                          "--source", "s", "--keep", "2"])
     assert isinstance(args, argparse.Namespace)
-    assert args.keep == deploy.DEFAULT_KEEP and args.method == "auto"
+    assert args.keep == 2 and args.method is None  # unset: rollover.toml's, else the default
+    config.apply(args, {"method": "usr2", "keep": 7, "shared": ["media/"]})
+    assert args.keep == 2 and args.method == "usr2" and args.shared == ["media/"]
+    assert args.keep_failed == 3 and args.timeout == deploy.command.DEFAULT_TIMEOUT
 
 
 # --------------------------------------------------------------------------- the plan (pure)

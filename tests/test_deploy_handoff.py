@@ -173,6 +173,13 @@ def test_usr2_handoff_continues_status_and_control_socket(host: Host) -> None:
     assert status["reloads"] == before["reloads"]
     assert status["last_rollout"] and status["last_rollout"]["generation"] == \
         before["last_rollout"]["generation"]
+    # `rollover status` names the handoff, with its release, as the last rollout
+    assert status["handoff"]["from_pid"] == old_pid, status["handoff"]
+    assert status["handoff"]["release"] == os.path.realpath(host.root / "releases" / "v3")
+    shown = subprocess.run([str(ROLLOVER_CLI), "status", "--pidfile", str(host.master.pidfile)],
+                           capture_output=True, text=True, timeout=30, check=False)
+    assert f"last rollout: USR2 handoff from master {old_pid} to generation " \
+        f"{status['generation']}" in shown.stdout, shown.stdout + shown.stderr
     # gunicorn captured its start directory through the symlink, not as releases/v2
     assert status["start"]["cwd"] == str(host.root / "current"), status["start"]
     assert status["start"]["chdir_default"] == str(host.root / "current"), status["start"]

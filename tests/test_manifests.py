@@ -204,3 +204,11 @@ def test_nginx_upstream_config(tmp_path: Path) -> None:
                            str(tmp_path / "error.log")],
                           capture_output=True, text=True, check=False, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_systemd_units_read_the_deploy_env_file() -> None:
+    """The env file `rollover deploy` gives the build step and the preflight (issue #23)."""
+    for name in ("app.service", "app-notify-reload.service"):
+        service = _unit(name)["Service"]
+        root = shlex.split(service["ExecStart"])[0].split("/current/")[0]
+        assert service["EnvironmentFile"] == f"{root}/shared/.env", name

@@ -1,10 +1,13 @@
 """`rollover deploy`: ship a new release to a running rollover master with no downtime.
 
-An app root holds one directory per release and a symlink to the live one::
+An app root holds one directory per release, state shared by all of them, and a symlink
+to the live one::
 
-    <root>/releases/<id>/          the app's files, its own venv (venv/) and
-                                   .rollover-release.json (written last: the build is complete)
+    <root>/releases/<id>/          the app's files, its own venv (venv/), links into
+                                   shared/, .rollover-release.json (its outcome)
+    <root>/shared/                 --shared paths (media/, db.sqlite3) and .env; never pruned
     <root>/current -> releases/<id>
+    <root>/rollover.toml           the deploy's settings (`config`); flags override them
 
 and gunicorn runs through the symlink::
 
@@ -14,12 +17,14 @@ and gunicorn runs through the symlink::
 A deploy, step by step (each one printed; `--json` prints a summary object at the end),
 one module of this package each:
 
-1. build (`build`): copy the source dir into `releases/<id>/`, create `releases/<id>/venv`
-   and pip install the requirements / wheels into it (never into a live venv);
+1. build (`build`): copy the source dir into `releases/<id>/` (not the shared paths),
+   link the shared paths (`shared`), create `releases/<id>/venv`, pip install the
+   requirements / wheels into it (never into a live venv), run the `--build` commands in
+   it with the env file (`envfile`);
 2. preflight (`preflight`): in a subprocess run by the new release's interpreter, in its
-   directory, import the app as gunicorn does and run the readiness probe in-process
-   (`rollover/probe.py`, run by path). A broken release stops here; nothing live was
-   touched;
+   directory, with the env file, import the app as gunicorn does and run the readiness
+   probe in-process (`rollover/probe.py`, run by path). A broken release stops here,
+   kept and marked failed; nothing live was touched;
 3. plan (`facts` gathers, `plan` decides, purely): HUP or USR2 handoff;
 4. switch (`layout`): `current` is replaced atomically (a new symlink renamed over it);
 5. reload (`live`): HUP: `rollover reload --wait` semantics; USR2: the master re-executes
@@ -27,14 +32,17 @@ one module of this package each:
    new master's status shows all its workers READY, the pidfile is pointed at it and the
    old master gets SIGTERM (a graceful stop) and is waited for;
 6. verify (`live`): the new workers' working directory is the new release;
-7. prune (`prune`): keep the `--keep` newest releases, never the live one, the rollback
-   target, or one that a running process still uses.
+7. prune (`prune`), after the result is printed: keep the `--keep` newest releases that
+   served and the `--keep-failed` newest others, never the live one, the rollback target,
+   or one that a running process still uses; what goes is renamed away at once and
+   deleted by a background process.
 
 A failure in steps 4-6 switches `current` back and undoes the live change (`rollback`):
 after a HUP, a second HUP rolls the workers back to the previous release (config and
 code); after a USR2, the new master is stopped, the old one never stopped serving.
 
-`command` puts the steps together; `report` holds the exit codes and the output. Talking to
+`command` puts the steps together (`init` is `--init`); `report` holds the exit codes and
+the output. Talking to
 the running master goes through `rollover.master`.
 """
 

@@ -8,7 +8,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +29,8 @@ class Release:
     path: Path
     created: float
     complete: bool
+    served: bool = False  # deployed successfully at least once
+    failed: str | None = None  # why its build, preflight or live step failed (never served)
 
 class Layout:
     """`<root>/releases/<id>/` and the `<root>/current` symlink."""
@@ -38,6 +39,7 @@ class Layout:
         self.root = Path(os.path.abspath(root))
         self.releases = self.root / "releases"
         self.current = self.root / "current"
+        self.shared = self.root / "shared"
 
     def check(self, create: bool = False) -> None:
         if create and not self.root.exists():
@@ -94,7 +96,15 @@ class Layout:
         created = meta.get("created") if meta else None
         if not isinstance(created, int | float):
             created = path.stat().st_mtime
-        return Release(release_id, path, float(created), bool(meta and meta.get("complete")))
+        meta = meta or {}
+        note = meta.get("note")
+        served = bool(meta.get("served")) or (isinstance(note, str)
+                                               and note.startswith("deployed"))
+        failed = meta.get("failed")
+        if not served and failed is None and not meta.get("complete"):
+            failed = "incomplete build"
+        return Release(release_id, path, float(created), bool(meta.get("complete")), served,
+                       str(failed) if failed is not None and not served else None)
 
     def list(self) -> list[Release]:
         """Every release dir (complete or not), newest first; hidden scratch dirs excluded."""
@@ -127,14 +137,16 @@ class Layout:
             finally:
                 os.close(fd)
 
-    def remove(self, path: Path) -> None:
-        """Delete a release: renamed first, so a half-deleted one never looks like a release."""
+    def trash(self, path: Path) -> Path | None:
+        """Take a release out of `releases/` (renamed to a hidden `.trash-*`, deleted
+        later); the new path, or None if it was gone."""
         trash = self.releases / f".trash-{path.name}-{os.getpid()}-{time.monotonic_ns()}"
         try:
             os.rename(path, trash)
         except FileNotFoundError:
-            return
-        shutil.rmtree(trash, ignore_errors=True)
+            return None
+        return trash
+
 
 def read_metadata(release_dir: Path) -> dict[str, Any] | None:
     try:
@@ -153,12 +165,20 @@ def new_release_id() -> str:
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid() % 100000:05d}"
 
 
-def mark(release_dir: Path, note: str) -> None:
-    meta = read_metadata(release_dir)
-    if meta is not None:
-        meta["note"] = note
-        with contextlib.suppress(OSError):
-            write_metadata(release_dir, meta)
+def mark(release_dir: Path, note: str, *, served: bool = False,
+         failed: str | None = None) -> None:
+    """Record a release's latest outcome in its metadata: `note`; `served` (deployed
+    successfully: counted by `--keep`) or `failed` (counted by `--keep-failed`)."""
+    meta = read_metadata(release_dir) or {"id": release_dir.name, "complete": False}
+    meta["note"] = note
+    if served:
+        meta["served"] = now()
+        meta.pop("failed", None)
+    if failed is not None and not meta.get("served"):
+        meta["failed"] = failed
+    meta.pop("state", None)
+    with contextlib.suppress(OSError):
+        write_metadata(release_dir, meta)
 
 
 def now() -> str:

@@ -27,19 +27,23 @@ _LOADER = ("import runpy, sys; sys.argv = sys.argv[1:]; "
 
 
 def preflight(release_dir: Path, app: str, probe: str | None, interface: str,
-              timeout: float, report: Report) -> dict[str, Any]:
-    """Import the app and probe it in a subprocess of the release; its facts, or DeployError."""
+              timeout: float, report: Report,
+              env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Import the app and probe it in a subprocess of the release, in `env` (the deploy's
+    environment with the env file's on top); its facts, or DeployError."""
     started = time.monotonic()
     python = release_dir / "venv" / "bin" / "python"
     if not python.exists():
         raise DeployError(f"preflight failed: {python} does not exist", EXIT_PREFLIGHT_FAILED)
-    shown = f"import {app}" + (f", GET {probe}" if probe else "")
+    shown = f"import {app}" + (f", GET {probe}" if probe else " (no probe path: give "
+                                                                 "--probe-path)")
     report.say("preflight", f"{shown} with {python}")
     fd, out_path = tempfile.mkstemp(prefix="rollover-preflight-", suffix=".json")
     os.close(fd)
     request = json.dumps({"app": app, "probe": probe, "interface": interface,
                           "out": out_path, "timeout": timeout})
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
+    env = {k: v for k, v in (os.environ if env is None else env).items()
+           if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
     proc = subprocess.Popen(
         [str(python), "-c", _LOADER, os.path.abspath(probe_module.__file__), request],
         cwd=release_dir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -54,6 +54,8 @@ class Report:
     rollback_error: str | None = None
     serving: str | None = None  # after a failed live step: the release all READY workers run
     start_command: list[str] | None = None
+    start_shell: str | None = None  # --init: the start command with the env file exported
+    output_tail: list[str] = field(default_factory=list)  # a failed build command's last lines
     dry_run: bool = False
     started: float = field(default_factory=time.monotonic)
 
@@ -93,6 +95,8 @@ class Report:
             "rollback_error": self.rollback_error,
             "serving": self.serving,
             "start_command": self.start_command,
+            "start_shell": self.start_shell,
+            "output_tail": self.output_tail,
             "dry_run": self.dry_run,
             "seconds": round(time.monotonic() - self.started, 3),
         }
