@@ -7,7 +7,7 @@ One-off measurement (not run by CI):
 Each simulated roll sends requests (a Poisson stream of `rate` per second) to the canary
 with probability `share` (0.2: 4 old workers and the canary) and to the old workers
 otherwise; each request fails with the background rate (old and new code alike), or, for
-a bad release, the canary's with the release's own rate. `rollover.canary.decide` is asked
+a bad release, the canary's with the release's own rate. `rollover.core.canary.decide` is asked
 every 0.25 s (the reporting cadence while a canary is judged) until it gives a verdict.
 Printed: the share of rolls failed, passed and not judged, per case. The README's "Canary"
 section quotes these figures.
@@ -19,8 +19,8 @@ import argparse
 import random
 from collections import Counter
 
-from rollover.canary import CanaryPolicy, Verdict, decide
-from rollover.outcomes import Outcomes
+from rollover.core.canary import CanaryPolicy, Verdict, decide
+from rollover.core.outcomes import Outcomes
 
 LOOK_EVERY = 0.25
 

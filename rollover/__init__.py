@@ -12,13 +12,13 @@ __version__ = "0.1.0"
 __all__ = ["RollingArbiter", "__version__"]
 
 if TYPE_CHECKING:
-    from rollover.arbiter import RollingArbiter
+    from rollover.master.arbiter import RollingArbiter
 
 
 def __getattr__(name: str) -> Any:
     # Imported lazily: `rollover.cli` must not pull in gunicorn's arbiter.
     if name == "RollingArbiter":
-        from rollover.arbiter import RollingArbiter
+        from rollover.master.arbiter import RollingArbiter
 
         return RollingArbiter
     raise AttributeError(name)

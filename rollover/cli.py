@@ -10,7 +10,7 @@ that process must be a gunicorn master, and the master's status file must name t
 pid. Every problem is one line on stderr prefixed ``rollover:`` and exit code 2.
 
 Validating the master, sending the HUP and following the roll (`reload --wait`) is
-`rollover.master`'s, shared with `rollover deploy`.
+`rollover.client`'s, shared with `rollover deploy`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ import time
 from typing import Any, NoReturn
 
 from rollover import __version__
-from rollover.deploy import command as deploy_command
-from rollover.master import (
+from rollover.client import (
     Done,
     MasterError,
     Progress,
@@ -35,6 +34,7 @@ from rollover.master import (
     timeout_seconds,
     validate_master,
 )
+from rollover.deploy import command as deploy_command
 from rollover.settings import PIDFILE_ENV
 from rollover.status import default_status_path, parse_iso
 

@@ -26,7 +26,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from rollover.arbiter import HOOK_NAMES, activate, check_gunicorn_version
+from rollover.master.arbiter import HOOK_NAMES, activate, check_gunicorn_version
 
 __all__ = ["on_starting", "when_ready"]
 

@@ -29,7 +29,7 @@ from harness import (
     wait_for,
 )
 
-from rollover.arbiter import RollingArbiter, activate
+from rollover.master.arbiter import RollingArbiter, activate
 from rollover.status import default_status_path, read_status
 
 

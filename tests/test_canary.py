@@ -8,9 +8,17 @@ from typing import Any
 import pytest
 from test_rollout import BOOTING, READY, Driver
 
-from rollover.canary import CanaryPolicy, Result, Rule, binomial_cdf, binomial_sf, decide, fisher
-from rollover.outcomes import Outcomes
-from rollover.rollout import CanaryWindow, Retire
+from rollover.core.canary import (
+    CanaryPolicy,
+    Result,
+    Rule,
+    binomial_cdf,
+    binomial_sf,
+    decide,
+    fisher,
+)
+from rollover.core.outcomes import Outcomes
+from rollover.core.rollout import CanaryWindow, Retire
 
 POLICY = CanaryPolicy(requests=50, seconds=10, max_seconds=60, threshold=0.2,
                       confidence=0.995, min_failures=3, idle=1.0)

@@ -1,4 +1,4 @@
-"""The master's ends of the workers' pipes (`rollover.channel`), on real pipes.
+"""The master's ends of the workers' pipes (`rollover.master.channel`), on real pipes.
 
 A worker is simulated by writing to the write end the channel hands `rollover.worker.sender`
 before a fork; `attach(pid)` then files the pipe under that pid, as the master does after
@@ -11,9 +11,9 @@ import os
 
 import pytest
 
-from rollover.channel import READ_BUDGET, WARN_EVERY, Channel, Delivery
 from rollover.core.messages import MAX_LINE, Counts, Ready, Recycle, encode
-from rollover.outcomes import Outcomes
+from rollover.core.outcomes import Outcomes
+from rollover.master.channel import READ_BUDGET, WARN_EVERY, Channel, Delivery
 from rollover.worker import sender
 
 

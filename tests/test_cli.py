@@ -21,7 +21,7 @@ import pytest
 
 from rollover import __version__
 from rollover.cli import age, render_status
-from rollover.master import Done, Progress, follow
+from rollover.client import Done, Progress, follow
 from rollover.status import iso, write_status
 
 NOW = 1_700_000_000.0
@@ -515,7 +515,7 @@ def test_progress_names_the_canary_while_it_is_judged_and_its_verdict() -> None:
 
 
 def test_a_failed_canary_is_waited_for_until_its_counts_are_final() -> None:
-    from rollover.master import draining_canary
+    from rollover.client import draining_canary
 
     record: dict[str, Any] = {"result": "aborted",
                               "canary": {"verdict": "failed", "final": False}}

@@ -304,7 +304,7 @@ def test_failure_outcome_says_what_is_true(serving: str | None, current: str,
 
 
 def test_pinning_rewrites_through_links(tmp_path: Path) -> None:
-    from rollover import pinning
+    from rollover.master import pinning
 
     (tmp_path / "releases" / "v1" / "venv").mkdir(parents=True)
     (tmp_path / "current").symlink_to("releases/v1")

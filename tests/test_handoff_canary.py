@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rollover.canary import CanaryPolicy, Result
+from rollover.core.canary import CanaryPolicy, Result
+from rollover.core.outcomes import Outcomes
 from rollover.deploy import handoff_canary
 from rollover.deploy.handoff_canary import (
     HandoffJudge,
@@ -13,7 +14,6 @@ from rollover.deploy.handoff_canary import (
     policy_from_status,
     served,
 )
-from rollover.outcomes import Outcomes
 
 
 def worker(pid: int, requests: int, five: int = 0, state: str = "ready") -> dict[str, Any]:

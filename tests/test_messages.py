@@ -28,7 +28,7 @@ from rollover.core.messages import (
     decode,
     encode,
 )
-from rollover.outcomes import Outcomes
+from rollover.core.outcomes import Outcomes
 
 counts = st.integers(0, MAX_COUNT)
 messages = st.one_of(

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from harness import AppCode, Master, http_get, pid_alive, wait_for
 
-from rollover import notify
-from rollover.notify import Sent, View, decide
+from rollover.master import notify
+from rollover.master.notify import Sent, View, decide
 
 pytestmark = pytest.mark.process
 

@@ -1,7 +1,7 @@
 """The peers' own test suites, run against rollover: is it a drop-in?
 
 a. For every supported gunicorn, that version's own `tests/test_arbiter.py` (from its sdist)
-   with `gunicorn.arbiter.Arbiter` rebound to `rollover.arbiter.RollingArbiter`, in that
+   with `gunicorn.arbiter.Arbiter` rebound to `rollover.master.arbiter.RollingArbiter`, in that
    version's venv (tests/matrix.py): every test must pass. Each version's suite also runs
    once as shipped (no rebind), as a baseline: a test failing there fails for a reason of
    this environment, not rollover's.
@@ -59,7 +59,7 @@ _REBIND = '''
 
 # --- added by rollover's tests/test_peer_suites.py: run this suite on rollover's arbiter
 import gunicorn.arbiter as _rollover_gunicorn_arbiter  # noqa: E402
-from rollover.arbiter import RollingArbiter as _RollingArbiter  # noqa: E402
+from rollover.master.arbiter import RollingArbiter as _RollingArbiter  # noqa: E402
 
 _rollover_gunicorn_arbiter.Arbiter = _RollingArbiter
 '''
@@ -191,7 +191,7 @@ def test_gunicorn_arbiter_suite(
     result = gunicorn_arbiter_suite(version, venv, tmp_path, rebind=rebind)
     label = f"gunicorn {version} tests/test_arbiter.py ({'rollover' if rebind else 'stock'})"
     print(f"\n[{label}] {result.summary()}")
-    arbiter = "rollover.arbiter.RollingArbiter" if rebind else "gunicorn.arbiter.Arbiter"
+    arbiter = "rollover.master.arbiter.RollingArbiter" if rebind else "gunicorn.arbiter.Arbiter"
     assert result.report == {"gunicorn": version, "arbiter": arbiter}, _tail(result.output)
     assert result.tests > 0, _tail(result.output)
     assert result.failed == [] and result.returncode == 0, (

@@ -11,7 +11,7 @@ from gunicorn.config import Config
 
 from rollover.core import messages
 from rollover.core.messages import Counts
-from rollover.outcomes import Outcomes
+from rollover.core.outcomes import Outcomes
 from rollover.settings import resolve
 from rollover.worker.counting import Tally, counted_wsgi
 from rollover.worker.recycle import HARD_CAP_FACTOR, Limits, due, take_limits

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from test_rollout import BOOTING, DRAINING, READY, booted
 
-from rollover.rollout import Retire
+from rollover.core.rollout import Retire
 
 
 def ask(d, pid: int, reason: str = "max_requests: served 1000 of 1000", *,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from rollover.rollout import (
+from rollover.core.rollout import (
     APP_LOAD_ERROR,
     WORKER_BOOT_ERROR,
     Action,

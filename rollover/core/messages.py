@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rollover.outcomes import Outcomes
+from rollover.core.outcomes import Outcomes
 
 __all__ = [
     "MAX_COUNT",

@@ -43,7 +43,7 @@ code); after a USR2, the new master is stopped, the old one never stopped servin
 
 `command` puts the steps together (`init` is `--init`); `report` holds the exit codes and
 the output. Talking to
-the running master goes through `rollover.master`.
+the running master goes through `rollover.client`.
 """
 
 from rollover.deploy.command import DEFAULT_KEEP, EPILOG, add_arguments, run

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rollover.client import timeout_seconds
 from rollover.deploy import config as deploy_config
 from rollover.deploy import envfile
 from rollover.deploy import shared as shared_paths
@@ -49,7 +50,6 @@ from rollover.deploy.report import (
     error,
 )
 from rollover.deploy.rollback import failure_outcome, rollback, serving_release
-from rollover.master import timeout_seconds
 from rollover.status import default_status_path
 
 EPILOG = f"""\

@@ -15,9 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from rollover.deploy.layout import Layout, under
-from rollover.deploy.report import DeployError
-from rollover.master import (
+from rollover.client import (
     MasterError,
     is_alive,
     memory_map,
@@ -26,6 +24,8 @@ from rollover.master import (
     read_pidfile,
     validate_master,
 )
+from rollover.deploy.layout import Layout, under
+from rollover.deploy.report import DeployError
 
 APP_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.()'\", =]*$")
 SHARED_OBJECT = re.compile(r"\.so(\.[\w.]+)?$")

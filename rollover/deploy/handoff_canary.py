@@ -4,7 +4,7 @@ Both masters serve from the same listening sockets while the deploy waits, so ne
 connections spread over both masters' workers. Once every worker of the new master is
 READY, and before the old master is stopped, the deploy reads both status files (each
 worker's request counts, rewritten once a second) and applies the same verdict as a
-roll's canary (`rollover.canary.decide`, with the new master's canary settings) to the new
+roll's canary (`rollover.core.canary.decide`, with the new master's canary settings) to the new
 master's workers (summed) against the old master's, over the same window. A failed
 verdict is a failed live step: the new master is stopped, the old one never stopped
 serving.
@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from rollover.canary import CanaryPolicy, Result, Verdict, decide
-from rollover.outcomes import Outcomes
+from rollover.core.canary import CanaryPolicy, Result, Verdict, decide
+from rollover.core.outcomes import Outcomes
 
 __all__ = ["IDLE_SLACK", "HandoffJudge", "counts", "failure", "policy_from_status", "served"]
 

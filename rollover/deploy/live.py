@@ -16,11 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rollover.canary import CanaryPolicy
-from rollover.deploy import handoff_canary
-from rollover.deploy.facts import LiveMaster
-from rollover.deploy.report import LiveFailure, Report
-from rollover.master import (
+from rollover.client import (
     POLL_INTERVAL,
     MasterError,
     Progress,
@@ -36,6 +32,10 @@ from rollover.master import (
     process_cwd,
     send_hup,
 )
+from rollover.core.canary import CanaryPolicy
+from rollover.deploy import handoff_canary
+from rollover.deploy.facts import LiveMaster
+from rollover.deploy.report import LiveFailure, Report
 from rollover.status import default_status_path, write_atomic
 
 START_TIMEOUT = 60.0  # USR2: the new master must write <pidfile>.2 within this

@@ -14,9 +14,9 @@ import time
 
 import psutil
 
+from rollover.client import mapped_paths, memory_map, pidfile_pid, poll_status
 from rollover.deploy.layout import Layout, Release
 from rollover.deploy.report import Report
-from rollover.master import mapped_paths, memory_map, pidfile_pid, poll_status
 
 
 def releases_in_use(layout: Layout) -> dict[str, set[int]]:

@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Callable
 
+from rollover.client import pid_alive, pidfile_pid, poll_status, process_cwd
 from rollover.deploy.facts import LiveMaster
 from rollover.deploy.layout import Layout
 from rollover.deploy.live import (
@@ -27,7 +28,6 @@ from rollover.deploy.report import (
     LiveFailure,
     Report,
 )
-from rollover.master import pid_alive, pidfile_pid, poll_status, process_cwd
 
 
 def rollback(opts: argparse.Namespace, layout: Layout, master: LiveMaster, previous: str | None,

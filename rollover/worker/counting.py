@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from rollover.outcomes import Outcomes
+from rollover.core.outcomes import Outcomes
 
 CLOSE_HEADER = (b"connection", b"close")
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rollover.core.messages import Counts, Message, Recycle
-from rollover.outcomes import Outcomes
+from rollover.core.outcomes import Outcomes
 from rollover.worker import spread
 from rollover.worker.counting import Tally
 

@@ -1,6 +1,6 @@
 """A worker's end of its pipe to the master: `send(message)`, which never raises or blocks.
 
-The master makes one pipe per worker right before it forks it (`rollover.channel`); the
+The master makes one pipe per worker right before it forks it (`rollover.master.channel`); the
 worker inherits the write end, named here by `use()` in the master just before the fork.
 Only that worker's messages travel on it, so the master knows the sender by the pipe, not
 by what a message says. A process the worker forks in turn (the app's own subprocesses)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from rollover.core import messages
 from rollover.core.messages import Envelope, Message
-from rollover.gunicorn_compat import raw_read
+from rollover.master.gunicorn_compat import raw_read
 from rollover.worker import sender
 
 __all__ = ["READ_BUDGET", "WARN_EVERY", "Channel", "Delivery"]

@@ -1,4 +1,4 @@
-"""The master as a service: its systemd notifications (`rollover.notify`) and its status
+"""The master as a service: its systemd notifications (`rollover.master.notify`) and its status
 file's removal on a clean exit, mixed into `RollingArbiter` ahead of gunicorn's `Arbiter`.
 
 - `_service_init` (from `_rollover_init`, in `on_starting` or `RollingArbiter.__init__`)
@@ -20,7 +20,8 @@ import contextlib
 import os
 from typing import Any
 
-from rollover import notify, status
+from rollover import status
+from rollover.master import notify
 
 
 class Service:

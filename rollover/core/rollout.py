@@ -27,9 +27,38 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from rollover import canary as canary_verdict
-from rollover.canary import Canary, CanaryPolicy
-from rollover.outcomes import Outcomes
+from rollover.core import canary as canary_verdict
+from rollover.core.actions import (
+    Action,
+    CanaryWindow,
+    Halt,
+    Kill,
+    Log,
+    Retire,
+    Revert,
+    RollBack,
+    Spawn,
+)
+from rollover.core.canary import Canary, CanaryPolicy
+from rollover.core.outcomes import Outcomes
+
+__all__ = [
+    "Action",
+    "CanaryWindow",
+    "Halt",
+    "Kill",
+    "Log",
+    "Machine",
+    "Policy",
+    "Result",
+    "Retire",
+    "Revert",
+    "RollBack",
+    "Rollout",
+    "Spawn",
+    "Worker",
+    "WorkerState",
+]
 
 
 class WorkerState(StrEnum):
@@ -42,75 +71,6 @@ class Result(StrEnum):
     SUCCEEDED = "succeeded"
     ABORTED = "aborted"
     SUPERSEDED = "superseded"
-
-
-# -- actions -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Spawn:
-    """Fork one worker of `generation`; report it with `Machine.spawned`."""
-
-    generation: int
-
-
-@dataclass(frozen=True)
-class Retire:
-    """Ask a worker to stop gracefully (SIGTERM). `recycled`: why the worker asked to be
-    replaced (its replacement is READY), None when a roll retires it."""
-
-    pid: int
-    recycled: str | None = None
-
-
-@dataclass(frozen=True)
-class Kill:
-    """Stop a worker now (SIGKILL): it missed a deadline or boots code nobody wants."""
-
-    pid: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class Revert:
-    """An aborted roll: fork `generation`'s config again (the master kept it: its config,
-    rollover settings, environment and cwd), dropping the aborted generation's."""
-
-    generation: int
-
-
-@dataclass(frozen=True)
-class RollBack:
-    """Make the master fork `generation`'s code again (it kept that code: preload_app)."""
-
-    generation: int
-
-
-@dataclass(frozen=True)
-class Log:
-    level: str  # "debug" | "info" | "warning" | "error"
-    message: str
-
-
-@dataclass(frozen=True)
-class Halt:
-    """Stop the master: only before any worker was ever READY (a broken first start)."""
-
-    reason: str
-    exit_code: int
-
-
-@dataclass(frozen=True)
-class CanaryWindow:
-    """Open (`canary` set) or close (None) the canary's traffic window: the old workers
-    answer one in `every` keep-alive requests with ``Connection: close`` so clients
-    reconnect and some reach the canary."""
-
-    canary: int | None
-    every: int = 0
-
-
-Action = Spawn | Retire | Kill | Revert | RollBack | Log | Halt | CanaryWindow
 
 
 # -- state ---------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ STATUS= lines of the roll's progress, RELOADING=1 / READY=1 around a HUP's roll 
 gunicorn sends its own `READY=1` at the end of `Arbiter.start()`, before any worker could
 serve. rollover takes `$NOTIFY_SOCKET` out of the environment when it activates (in
 `on_starting`, before that), so gunicorn's finds nothing and the workers do not inherit it;
-a USR2 child gets it back in its environment (`rollover.service`).
+a USR2 child gets it back in its environment (`rollover.master.service`).
 
 What to send is the pure `decide(sent, view)`; `Notifier` is the shell that keeps what was
 sent and writes datagrams. Sending never raises: a failure is logged at debug, as gunicorn

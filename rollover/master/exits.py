@@ -9,7 +9,7 @@ from typing import Any
 
 from gunicorn.arbiter import Arbiter
 
-from rollover import gunicorn_compat
+from rollover.master import gunicorn_compat
 
 # HaltServer reasons, as gunicorn words them
 HALT_REASONS = {Arbiter.WORKER_BOOT_ERROR: "Worker failed to boot.",

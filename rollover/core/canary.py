@@ -1,8 +1,8 @@
 """The canary verdict: does the first new worker of a roll fail requests the old ones don't?
 
-A pure function of counts (`rollover.outcomes.Outcomes`, taken over the same window for
+A pure function of counts (`rollover.core.outcomes.Outcomes`, taken over the same window for
 the canary and for the old workers), the window's age and the time since the last request
-anywhere. The roll holds while the verdict is None; `rollover.rollout.Machine` asks again
+anywhere. The roll holds while the verdict is None; `rollover.core.rollout.Machine` asks again
 on every tick.
 
 The rule, in an operator's words (the README's "Canary" says the same):
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from rollover.outcomes import Outcomes
+from rollover.core.outcomes import Outcomes
 
 __all__ = ["CAP_ALPHA", "Canary", "CanaryPolicy", "Result", "Rule", "Verdict",
            "binomial_cdf", "binomial_sf", "decide", "figures", "fisher"]
