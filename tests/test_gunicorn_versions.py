@@ -38,6 +38,7 @@ from harness import (
     assert_settled_on,
     booting_workers,
     check_roll,
+    exit_deadline,
     figures,
     group_members,
     ready_workers,
@@ -230,7 +231,7 @@ class VersionCases:
         print(f"\n[gunicorn {self.VERSION} SIGTERM mid-roll] workers {states}; "
               f"exit {code} after {took:.2f}s")
         assert code == 0, master.tail()
-        assert took <= graceful + 3.0, f"stopped after {took:.2f}s{master.tail()}"
+        assert took <= graceful + exit_deadline(3.0), f"stopped after {took:.2f}s{master.tail()}"
         assert master.leftover_workers() == [], "orphaned workers"
         assert group_members(master.pid) == [], "processes left in the master's group"
         assert not master.pidfile.exists(), "pidfile left behind"

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import matrix
 import pytest
+from harness import exit_deadline
 
 pytestmark = pytest.mark.process
 
@@ -136,7 +137,7 @@ def run_suite(
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         if proc.poll() is None:
-            proc.wait(10)
+            proc.wait(exit_deadline(10))
     return read_junit(junit, proc.returncode, out or "")
 
 
