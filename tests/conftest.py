@@ -68,6 +68,26 @@ def _matches(value: object, wanted: object) -> bool:
     return value in wanted if isinstance(wanted, tuple) else value == wanted
 
 
+def missing_interpreter(minor: str) -> str | None:
+    """Why the matrix cannot run on Python `minor` here (None: it can)."""
+    if minor == CURRENT or matrix.find_python(minor) is not None:
+        return None
+    return (f"Python {minor} matrix: no Python {minor} found (looked in $PYENV_ROOT and "
+            f"~/.pyenv versions, and for python{minor} on PATH)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip a test's run on a missing interpreter (fail it under CI=true). Raised here, not
+    in a fixture, so that `-ra` reports every such skip on one line per interpreter."""
+    minor = getattr(getattr(item, "callspec", None), "params", {}).get("interpreter")
+    why = missing_interpreter(minor) if isinstance(minor, str) else None
+    if why is not None:
+        if in_ci():
+            pytest.fail(f"{why}, and CI=true: it must run in CI", pytrace=False)
+        pytest.skip(why)
+
+
 @pytest.fixture
 def interpreter() -> str:
     """The Python the test's masters run on ("3.12"); parametrized for tests marked

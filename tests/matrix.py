@@ -50,8 +50,11 @@ SDISTS = CACHE / "sdists"
 
 VERSIONS = ("23.0.0", "24.1.1", "25.3.0", "26.2.0", "27.0.1")
 # The interpreters of the process matrix besides the one running the tests (conftest.py's
-# `interpreter` fixture), each in a venv with this gunicorn.
-PYTHONS = ("3.12", "3.13")
+# `interpreter` fixture), each in a venv with this gunicorn. ROLLOVER_TEST_PYTHONS (comma
+# separated, e.g. "3.12,3.13,3.14"; empty: none) overrides.
+PYTHONS = tuple(
+    p.strip() for p in os.environ.get("ROLLOVER_TEST_PYTHONS", "3.12,3.13").split(",")
+    if p.strip())
 PYTHON_GUNICORN = "27.0.1"
 # The version whose venv also runs uvicorn-worker's own test suite.
 UVICORN_WORKER_SUITE_GUNICORN = "27.0.1"
