@@ -623,6 +623,11 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
+# A pause of the load process itself this long or longer is taken out of the requests it
+# overlaps when counting stalls (Load._beat)
+PAUSE = 0.05
+
+
 class Load:
     """Closed-loop HTTP load: `clients` threads, each looping `GET /` until stopped.
 
@@ -658,6 +663,8 @@ class Load:
         self._stop = threading.Event()
         self._records: list[list[Record]] = [[] for _ in range(clients)]
         self._threads: list[threading.Thread] = []
+        # (start, end) of the times this process itself was not running: see `_beat`
+        self._pauses: list[tuple[float, float]] = []
 
     # -- running
 
@@ -670,10 +677,30 @@ class Load:
 
     def start(self) -> None:
         self.started_at = time.monotonic()
+        beat = threading.Thread(target=self._beat, name="load-beat", daemon=True)
+        self._threads.append(beat)
+        beat.start()
         for i in range(self.clients):
             thread = threading.Thread(target=self._run, args=(i,), name=f"load-{i}", daemon=True)
             self._threads.append(thread)
             thread.start()
+
+    def _beat(self) -> None:
+        """Notes when this process (the clients) could not run: a 5 ms sleep that took
+        `PAUSE` or longer. On a busy machine the load generator itself is descheduled (or
+        its threads wait for the GIL) and every request in flight then looks slow at once,
+        though the server answered in time; `own_pause` takes that out. A server that
+        stalls leaves the clients blocked in `recv`, and this thread runs on."""
+        last = time.monotonic()
+        while not self._stop.wait(0.005):
+            now = time.monotonic()
+            if now - last >= PAUSE:
+                self._pauses.append((last + 0.005, now))
+            last = now
+
+    def own_pause(self, start: float, end: float) -> float:
+        """Seconds within [start, end] this process was not running (see `_beat`)."""
+        return sum(max(0.0, min(end, b) - max(start, a)) for a, b in list(self._pauses))
 
     def stop(self) -> None:
         if self.stopped_at is not None:
@@ -840,8 +867,10 @@ BOOT_SHARE = 0.75
 def stalled(load: Load, since: float, until: float | None = None, *,
             boot: float) -> list[Record]:
     """Requests in flight at any time within [since, until] that waited a boot
-    (`BOOT_SHARE` of `boot` seconds) or longer."""
-    return [r for r in load.overlapping(since, until) if r.latency >= BOOT_SHARE * boot]
+    (`BOOT_SHARE` of `boot` seconds) or longer, not counting the time the load process
+    itself was not running (`Load.own_pause`: the client's delay, not the server's)."""
+    return [r for r in load.overlapping(since, until)
+            if r.latency - load.own_pause(r.start, r.end) >= BOOT_SHARE * boot]
 
 
 def stall_allowance(clients: int) -> int:
@@ -860,11 +889,13 @@ def stall_problem(load: Load, since: float, until: float | None = None, *, boot:
     slow = stalled(load, since, until, boot=boot)
     if len(slow) <= stall_allowance(load.clients):
         return None
+    paused = load.own_pause(since, time.monotonic() if until is None else until)
     return (
         f"{len(slow)} requests {what} waited a boot ({BOOT_SHARE:g} x {boot:g}s) or longer, "
         f"more than {stall_allowance(load.clients)} of {load.clients} clients: a stall "
         f"({load.latency_window(since, until)}; slowest "
-        f"{sorted(round(r.latency, 3) for r in slow)[-5:]})"
+        f"{sorted(round(r.latency, 3) for r in slow)[-5:]}; the load process itself "
+        f"paused {paused:.3f}s)"
     )
 
 

@@ -5,7 +5,7 @@ that version's `gunicorn` and `rollover` commands (a venv of tests/matrix.py, ro
 installed editable from this checkout):
 
 - a roll under keep-alive load (8 clients, gthread, 4 workers, 1 s boot): no failed
-  request, no stall of half a boot, only the new code answering afterwards;
+  request, no stall (requests that waited a boot, counted), only the new code answering after;
 - a bad deploy (the new code raises at import): `rollover reload --wait` exits 1, the
   master lives, the old workers keep answering;
 - a config file with a syntax error at HUP: the reload is aborted, the old workers keep
