@@ -866,11 +866,23 @@ BOOT_SHARE = 0.75
 
 def stalled(load: Load, since: float, until: float | None = None, *,
             boot: float) -> list[Record]:
-    """Requests in flight at any time within [since, until] that waited a boot
-    (`BOOT_SHARE` of `boot` seconds) or longer, not counting the time the load process
-    itself was not running (`Load.own_pause`: the client's delay, not the server's)."""
-    return [r for r in load.overlapping(since, until)
-            if r.latency - load.own_pause(r.start, r.end) >= BOOT_SHARE * boot]
+    """Requests in flight at any time within [since, until] that waited for a boot: they
+    took `BOOT_SHARE` of `boot` or longer (leaving out the time the load process itself was
+    not running, `Load.own_pause`), and the worker that answered had answered nothing before
+    they were sent (it was booting: a stall). A worker that was serving already and answers
+    late is starved of CPU, which a busy machine does to one worker's clients at once; it
+    counts only from twice the boot (longer than any wait for a boot)."""
+    first_answer: dict[int, float] = {}
+    for r in load.records():
+        if r.pid is not None:
+            first_answer[r.pid] = min(first_answer.get(r.pid, r.end), r.end)
+    found = []
+    for r in load.overlapping(since, until):
+        waited = r.latency - load.own_pause(r.start, r.end)
+        booting = r.pid is None or first_answer.get(r.pid, r.end) >= r.start
+        if waited >= 2 * boot or (booting and waited >= BOOT_SHARE * boot):
+            found.append(r)
+    return found
 
 
 def stall_allowance(clients: int) -> int:
@@ -912,10 +924,11 @@ def check_roll(
 
     - no request failed, over the whole load (unless `ignore_failures`);
     - no stall from the HUP on: at most `stall_allowance(load.clients)` requests in flight
-      at or after the HUP waited a boot (`stalled`: a roll that stops serving while new
-      code boots holds every client about that long; the window runs to the end of the
-      load, since a stall can outlast the old workers). Counted, not a worst latency: on a
-      busy machine one starved request can take half a boot, all of them cannot;
+      at or after the HUP waited for a boot (`stalled`: a roll that stops serving while new
+      code boots holds every client about that long, answered by workers that were
+      booting; the window runs to the end of the load, since a stall can outlast the old
+      workers). Counted, not a worst latency: on a busy machine one starved worker's
+      clients wait long at once, but not for a worker that was booting;
     - every answer to a request started after the roll (`done_at`, when the last old
       worker was gone) came from the new `version`, and there were some.
     """
