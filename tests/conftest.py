@@ -13,6 +13,7 @@ interpreter (`-ra`), and fails under `CI=true`.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Generator, Iterator
@@ -25,6 +26,8 @@ from harness import AppCode, Master
 
 # The interpreter running pytest, as "3.11"
 CURRENT = f"{sys.version_info[0]}.{sys.version_info[1]}"
+# A Python warning about fork() (3.12+: a process with threads), or raised in rollover's code
+PYTHON_WARNING = re.compile(r"Warning: .*\bfork\(\)|/rollover/\S+\.py:\d+: \w*Warning")
 
 
 def in_ci() -> bool:
@@ -151,10 +154,13 @@ def make_app(tmp_path: Path) -> Callable[..., AppCode]:
 
 @pytest.fixture
 def masters(
-    tmp_path: Path, request: pytest.FixtureRequest, interpreter_venv: Path | None
+    tmp_path: Path, request: pytest.FixtureRequest, interpreter: str,
+    interpreter_venv: Path | None,
 ) -> Iterator[Callable[..., Master]]:
     """`masters(app, **Master kwargs)`: start a master; every one is stopped at teardown.
-    Its `venv` defaults to the test's interpreter's (see the module docstring).
+    Its `venv` defaults to the test's interpreter's (see the module docstring); on another
+    interpreter its processes run with PYTHONWARNINGS=default, and a warning about fork() or
+    from rollover's code in its log fails the test.
 
     When the test failed, the tail of each master's log is printed (shown by pytest in
     the report's "Captured stdout teardown" section).
@@ -165,6 +171,10 @@ def masters(
         workdir = tmp_path / f"master{len(started) + 1}"
         workdir.mkdir()
         kwargs.setdefault("venv", interpreter_venv)
+        if interpreter_venv is not None:
+            # the matrix shows warnings Python hides by default (3.12's os.fork() in a
+            # process with threads, 3.13's importlib deprecations), checked at teardown
+            kwargs["env"] = {"PYTHONWARNINGS": "default", **(kwargs.get("env") or {})}
         master = Master(workdir, app, **kwargs)
         started.append(master)
         return master.start()
@@ -174,6 +184,11 @@ def masters(
     for master in started:
         master.stop()
     failed = _failed(request)
+    if interpreter_venv is not None and not failed:
+        warned = [line for master in started for line in master.log_text().splitlines()
+                  if PYTHON_WARNING.search(line)]
+        assert not warned, f"Python {interpreter} warned in a master or worker:\n" + "\n".join(
+            warned[:10])
     for master in started:
         if failed:
             print(master.tail(120))
