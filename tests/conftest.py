@@ -184,11 +184,6 @@ def masters(
     for master in started:
         master.stop()
     failed = _failed(request)
-    if interpreter_venv is not None and not failed:
-        warned = [line for master in started for line in master.log_text().splitlines()
-                  if PYTHON_WARNING.search(line)]
-        assert not warned, f"Python {interpreter} warned in a master or worker:\n" + "\n".join(
-            warned[:10])
     for master in started:
         if failed:
             print(master.tail(120))
@@ -199,6 +194,11 @@ def masters(
             )
             print(message)
             warnings.warn(message, stacklevel=1)
+    if interpreter_venv is not None and not failed:
+        warned = [line for master in started for line in master.log_text().splitlines()
+                  if PYTHON_WARNING.search(line)]
+        assert not warned, f"Python {interpreter} warned in a master or worker:\n" + "\n".join(
+            warned[:10])
 
 
 @pytest.fixture(scope="session")
