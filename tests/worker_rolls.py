@@ -17,14 +17,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from harness import AppCode, Load, Master, check_roll, figures, roll_done, start_settled
+from harness import (
+    AppCode,
+    Load,
+    Master,
+    check_roll,
+    exit_deadline,
+    figures,
+    roll_done,
+    start_settled,
+)
 
 BOOT = 1.5
 WORKERS = 4
 CLIENTS = 16
 # gunicorn's gevent worker checks every 1 s whether its connections are gone: 3 s can run out
-# on a loaded machine, and the master then kills it (a WARNING)
-GRACEFUL = 5
+# on a loaded machine, and 5 s did at load average 20; the master then kills it (a WARNING).
+# A drain that never ends is still killed, and that WARNING fails the roll. Scaled by
+# TEST_TIME_SCALE (a process-exit deadline).
+GRACEFUL = round(exit_deadline(8))
 PROBE = "/healthz"
 # Seconds each client pauses between requests (see harness.Load). ASGI classes get none:
 # a keep-alive client that sends its next request at once is what catches a drain closing
