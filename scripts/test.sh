@@ -3,6 +3,14 @@
 # Extra arguments go to pytest, e.g.: bash scripts/test.sh -k demo -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$SECONDS
+# The time the whole run took (venv, lint, tests), said last whatever the outcome.
+say_elapsed() {
+    local rc=$? elapsed=$((SECONDS - started))
+    echo "scripts/test.sh: done in $((elapsed / 60))m$(printf '%02d' $((elapsed % 60)))s" \
+        "(exit $rc) on $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+}
+trap say_elapsed EXIT
 
 SCRIPT=scripts/test.sh
 # shellcheck source=scripts/venv.sh

@@ -17,8 +17,15 @@ made once and reused across test runs and pytest-xdist workers:
 `sdist(name, version)` downloads a package's source distribution once into
 `.cache/matrix/sdists/` (`pip download --no-deps --no-binary :all:`) and returns the path.
 
-Run as a script (`python tests/matrix.py [VERSION...]`) it builds the venvs and prints how
-long each took; `scripts/test.sh` starts that in the background before pytest.
+`python_venv("3.12")` is the same for another interpreter: a venv at
+`.cache/matrix/python-3.12/` made by that Python, holding gunicorn `PYTHON_GUNICORN` and the
+rest as above (no pytest: only masters run there). The interpreter is found by
+`find_python()` (pyenv's versions, then `python3.12` on PATH); `MissingInterpreter` when
+there is none.
+
+Run as a script (`python tests/matrix.py [VERSION|pyX.Y ...]`) it builds the venvs (every
+gunicorn version and every interpreter found) and prints how long each took;
+`scripts/test.sh` starts that in the background before pytest.
 """
 
 from __future__ import annotations
@@ -42,6 +49,13 @@ CACHE = REPO / ".cache" / "matrix"
 SDISTS = CACHE / "sdists"
 
 VERSIONS = ("23.0.0", "24.1.1", "25.3.0", "26.2.0", "27.0.1")
+# The interpreters of the process matrix besides the one running the tests (conftest.py's
+# `interpreter` fixture), each in a venv with this gunicorn. ROLLOVER_TEST_PYTHONS (comma
+# separated, e.g. "3.12,3.13,3.14"; empty: none) overrides.
+PYTHONS = tuple(
+    p.strip() for p in os.environ.get("ROLLOVER_TEST_PYTHONS", "3.12,3.13").split(",")
+    if p.strip())
+PYTHON_GUNICORN = "27.0.1"
 # The version whose venv also runs uvicorn-worker's own test suite.
 UVICORN_WORKER_SUITE_GUNICORN = "27.0.1"
 UVICORN_WORKER_VERSION = "0.4.0"
@@ -83,26 +97,28 @@ def venv_dir(version: str) -> Path:
 
 def venv_key(version: str) -> str:
     """Changes whenever the venv for `version` must be rebuilt."""
+    return _key(version, str(RECIPE), *requirements(version), sys.version,
+                os.path.realpath(getattr(sys, "_base_executable", sys.executable)))
+
+
+def _key(*parts: str) -> str:
     digest = hashlib.sha256()
     digest.update((REPO / "pyproject.toml").read_bytes())
-    for part in (
-        version,
-        str(RECIPE),
-        *requirements(version),
-        sys.version,
-        os.path.realpath(getattr(sys, "_base_executable", sys.executable)),
-    ):
+    for part in parts:
         digest.update(b"\0" + part.encode())
     return digest.hexdigest()[:16]
 
 
-def is_ready(version: str) -> bool:
-    """The venv for `version` is complete and current."""
-    marker = venv_dir(version) / MARKER
+def _is_ready(target: Path, key: str) -> bool:
     try:
-        return marker.read_text(encoding="utf-8").split()[0] == venv_key(version)
+        return (target / MARKER).read_text(encoding="utf-8").split()[0] == key
     except (OSError, IndexError):
         return False
+
+
+def is_ready(version: str) -> bool:
+    """The venv for `version` is complete and current."""
+    return _is_ready(venv_dir(version), venv_key(version))
 
 
 @contextlib.contextmanager
@@ -167,25 +183,27 @@ def _run_logged(argv: Sequence[str], log: Path, what: str) -> None:
         raise BuildError(f"{what}: exit {cp.returncode} (log {log})\n{tail}")
 
 
-def _build(version: str, target: Path) -> None:
-    log = CACHE / f"gunicorn-{version}.log"
+def _build(version: str, target: Path, *, python: str = sys.executable,
+           reqs: Sequence[str] | None = None, key: str | None = None) -> None:
+    """A venv at `target` made by `python`, with `reqs` (gunicorn `version`'s by default)."""
+    log = target.parent / f"{target.name}.log"
     log.write_bytes(b"")
     shutil.rmtree(target, ignore_errors=True)
     # Without pip of its own: the running interpreter's pip installs into it (`--python`),
     # which saves the ensurepip step.
-    _run_logged([sys.executable, "-m", "venv", "--without-pip", str(target)], log,
-                f"creating the venv for gunicorn {version}")
-    python = target / "bin" / "python"
+    _run_logged([python, "-m", "venv", "--without-pip", str(target)], log,
+                f"creating the venv {target.name}")
     _run_logged(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
-         *requirements(version)],
+        [sys.executable, "-m", "pip", "--python", str(target / "bin" / "python"), "install",
+         "-q", *(requirements(version) if reqs is None else reqs)],
         log,
         f"installing gunicorn {version} and rollover into {target}",
     )
     got = installed_gunicorn(target)
     if got != version:
         raise BuildError(f"{target} holds gunicorn {got}, not {version} (log {log})")
-    (target / MARKER).write_text(f"{venv_key(version)} gunicorn {version}\n", encoding="utf-8")
+    key = venv_key(version) if key is None else key
+    (target / MARKER).write_text(f"{key} gunicorn {version}\n", encoding="utf-8")
 
 
 def installed_gunicorn(venv: Path) -> str | None:
@@ -222,6 +240,88 @@ def prebuild(versions: Sequence[str] = VERSIONS) -> list[threading.Thread]:
             thread.start()
             started.append(thread)
     return started
+
+
+# --------------------------------------------------------------------------- interpreters
+
+
+class MissingInterpreter(LookupError):
+    pass
+
+
+_found_pythons: dict[str, tuple[str, str] | None] = {}
+
+
+def find_python(minor: str) -> tuple[str, str] | None:
+    """(path, full version) of a Python `minor` ("3.12") that runs, or None. Looks in
+    pyenv's versions ($PYENV_ROOT, ~/.pyenv) first, newest patch first, then on PATH (a
+    pyenv shim for a version not selected fails to run, and is passed over)."""
+    if minor in _found_pythons:
+        return _found_pythons[minor]
+    roots = [os.environ.get("PYENV_ROOT", ""), str(Path.home() / ".pyenv")]
+    candidates: list[str] = []
+    for root in filter(None, dict.fromkeys(roots)):
+        found = Path(root).glob(f"versions/{minor}.*/bin/python{minor}")
+        candidates += [str(p) for p in sorted(found, key=_patch_level, reverse=True)]
+    candidates += filter(None, [shutil.which(f"python{minor}")])
+    result = None
+    for candidate in candidates:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            cp = subprocess.run(
+                [candidate, "-c", "import sys, venv; print(sys.version.split()[0])"],
+                capture_output=True, text=True, timeout=60, check=False,
+                env=_pip_env(), stdin=subprocess.DEVNULL)
+            full = cp.stdout.strip()
+            if cp.returncode == 0 and full.startswith(f"{minor}."):
+                result = (os.path.realpath(candidate), full)
+                break
+    _found_pythons[minor] = result
+    return result
+
+
+def _patch_level(path: Path) -> tuple[int, ...]:
+    """3.12.10 sorts after 3.12.9 (the versions/<X.Y.Z> directory name)."""
+    name = path.parent.parent.name
+    return tuple(int(p) if p.isdigit() else -1 for p in name.split("."))
+
+
+def python_requirements() -> list[str]:
+    """What an interpreter's venv gets: gunicorn and rollover (editable) and the ASGI stack
+    the process tests run (no pytest: only masters run there)."""
+    return [r for r in requirements(PYTHON_GUNICORN)
+            if r.split(">")[0].split("=")[0] not in ("httpx", "pytest", "trustme", "cryptography")]
+
+
+def python_dir(minor: str) -> Path:
+    return CACHE / f"python-{minor}"
+
+
+def python_key(minor: str) -> str | None:
+    found = find_python(minor)
+    if found is None:
+        return None
+    return _key(f"python-{minor}", str(RECIPE), *python_requirements(), *found)
+
+
+def python_venv(minor: str) -> Path:
+    """The venv of interpreter `minor` ("3.12"), built first if missing or stale;
+    MissingInterpreter when this machine has no such Python."""
+    found = find_python(minor)
+    key = python_key(minor)
+    if found is None or key is None:
+        raise MissingInterpreter(
+            f"no Python {minor} found (looked in $PYENV_ROOT and ~/.pyenv versions, "
+            f"and for python{minor} on PATH)")
+    target = python_dir(minor)
+    if _is_ready(target, key):
+        return target
+    with file_lock(CACHE / f"python-{minor}.lock"):
+        if _is_ready(target, key):
+            return target
+        started = time.monotonic()
+        _build(PYTHON_GUNICORN, target, python=found[0], reqs=python_requirements(), key=key)
+        build_times[f"py{minor}"] = time.monotonic() - started
+    return target
 
 
 # --------------------------------------------------------------------------- sdists
@@ -288,13 +388,36 @@ def extract(archive: Path, dest: Path, *, members: str = "") -> Path:
 # --------------------------------------------------------------------------- script
 
 
+def _quiet_python_venv(minor: str) -> None:
+    with contextlib.suppress(Exception):
+        python_venv(minor)
+
+
 def main(argv: Sequence[str]) -> int:
-    versions = list(argv) or list(VERSIONS)
+    versions = [a for a in argv if not a.startswith("py")] or ([] if argv else list(VERSIONS))
+    pythons = [a[2:] for a in argv if a.startswith("py")] or ([] if argv else list(PYTHONS))
     started = time.monotonic()
     threads = prebuild(versions)
+    for minor in pythons:
+        thread = threading.Thread(target=_quiet_python_venv, args=(minor,), daemon=False)
+        thread.start()
+        threads.append(thread)
     for thread in threads:
         thread.join()
     failed = 0
+    for minor in pythons:
+        try:
+            path = python_venv(minor)
+        except MissingInterpreter as exc:
+            print(f"python {minor}: skipped: {exc}")
+            continue
+        except BuildError as exc:
+            print(f"python {minor}: FAILED: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        took = build_times.get(f"py{minor}")
+        how = "cached" if took is None else f"built in {took:.1f}s"
+        print(f"python {minor}: {path} ({how})")
     for version in versions:
         try:
             path = gunicorn_venv(version)
@@ -305,7 +428,7 @@ def main(argv: Sequence[str]) -> int:
         took = build_times.get(version)
         how = "cached" if took is None else f"built in {took:.1f}s"
         print(f"gunicorn {version}: {path} ({how})")
-    print(f"{len(versions)} venvs ready in {time.monotonic() - started:.1f}s")
+    print(f"{len(versions) + len(pythons)} venvs done in {time.monotonic() - started:.1f}s")
     return 1 if failed else 0
 
 

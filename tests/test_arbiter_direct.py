@@ -22,6 +22,7 @@ from harness import (
     AppCode,
     Load,
     check_roll,
+    exit_deadline,
     free_port,
     group_members,
     roll_done,
@@ -133,6 +134,6 @@ def test_a_custom_application_running_rolling_arbiter_rolls_on_hup(tmp_path: Pat
         assert problems == [], f"{problems}{tail()}"
     finally:
         os.kill(proc.pid, signal.SIGTERM)
-        assert proc.wait(20) == 0, tail()
+        assert proc.wait(exit_deadline(20)) == 0, tail()
     assert group_members(proc.pid) == []
     assert not pidfile.exists()

@@ -50,6 +50,7 @@ def reload(master: Master) -> tuple[int, str]:
 CLASSES = [("gthread", "wsgi"), ("uvicorn_worker.UvicornWorker", "asgi")]
 
 
+@pytest.mark.interpreters(worker_class="gthread")
 @pytest.mark.parametrize(("worker_class", "kind"), CLASSES)
 def test_new_code_answering_500_is_stopped_by_its_canary(
     masters: Callable[..., Master], make_app: Callable[..., AppCode], worker_class: str,

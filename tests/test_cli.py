@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import exit_deadline
 
 from rollover import __version__
 from rollover.cli import age, render_status
@@ -210,11 +211,11 @@ while True:
 """
 
 
-def run_cli(*args: str, timeout: float = 10, env: dict[str, str] | None = None
+def run_cli(*args: str, timeout: float = 30, env: dict[str, str] | None = None
             ) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if k != "ROLLOVER_PIDFILE"}
     return subprocess.run([sys.executable, "-m", "rollover.cli", *args],
-                          capture_output=True, text=True, timeout=timeout,
+                          capture_output=True, text=True, timeout=exit_deadline(timeout),
                           env={**environ, **(env or {})})
 
 
@@ -226,8 +227,10 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def wait_for(path: Path, timeout: float = 5) -> bool:
-    deadline = time.monotonic() + timeout
+def wait_for(path: Path, timeout: float = 15) -> bool:
+    """Whether `path` appears within `timeout` (a process starting and acting: scaled by
+    TEST_TIME_SCALE)."""
+    deadline = time.monotonic() + exit_deadline(timeout)
     while time.monotonic() < deadline:
         if path.exists():
             return True
@@ -377,7 +380,7 @@ def test_reload_sends_hup(tmp_path: Path, fake_master: Callable[..., Any]) -> No
     result = run_cli("reload", "--pidfile", str(tmp_path / "gunicorn.pid"))
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"sent HUP to master {proc.pid}\n"
-    assert wait_for(tmp_path / "hup", timeout=2)
+    assert wait_for(tmp_path / "hup")
     assert proc.poll() is None
 
 
@@ -431,7 +434,7 @@ def test_interrupt_exits_130(tmp_path: Path, fake_master: Callable[..., Any]) ->
     try:
         assert wait_for(tmp_path / "hup")
         cli.send_signal(signal.SIGINT)
-        _, stderr = cli.communicate(timeout=5)
+        _, stderr = cli.communicate(timeout=exit_deadline(30))
     finally:
         if cli.poll() is None:
             cli.kill()

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.process
 CLASSES = ["sync", "gthread", "gevent", "eventlet"]
 
 
+@pytest.mark.interpreters(worker_class="sync")
 @pytest.mark.parametrize("worker_class", CLASSES)
 def test_roll_fails_nothing_and_logs_no_warning(
     make_app: Callable[..., AppCode], masters: Callable[..., Master], worker_class: str

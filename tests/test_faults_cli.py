@@ -32,6 +32,7 @@ from harness import (
     Load,
     Master,
     assert_settled_on,
+    exit_deadline,
     fd_count,
     log_since,
     roll_done,
@@ -40,6 +41,8 @@ from harness import (
     scaled,
     settled_with,
     soak_scale,
+    stall_allowance,
+    stalled,
     start_settled,
     wait_for,
     wait_only,
@@ -122,7 +125,7 @@ def recorders(tmp_path: Path) -> Iterator[Callable[..., Recorder]]:
     yield start
     for proc in procs:
         proc.kill()
-        proc.wait(5)
+        proc.wait(exit_deadline(5))
 
 
 def fake_status(pid: int) -> Status:
@@ -147,7 +150,7 @@ def fake_status(pid: int) -> Status:
 
 def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait(10)
+    proc.wait(exit_deadline(10))
     return proc.pid
 
 
@@ -541,11 +544,13 @@ def test_soak_rolls_under_load(
         )
     )
     # No stall: a roll that stops serving while the new code boots delays every client
-    # by ~a boot, i.e. `clients` slow requests per roll. CPU starvation with the other
-    # test files (2 cores) makes a rare single one slow (1.4 s seen once in ~6 runs).
-    slow = [r for r in load.records(since=first_hup) if r.latency >= boot / 2]
-    print(f"[soak] requests >= {boot / 2:g}s: {len(slow)}")
-    assert len(slow) < load.clients * rolls / 10, f"{len(slow)} requests >= {boot / 2}s"
+    # by ~a boot, i.e. `clients` requests that waited a boot per roll. CPU starvation with
+    # the other test files (2 cores) makes a rare single one slow (1.4 s seen once in ~6
+    # runs): at most `stall_allowance` such requests per roll, over the soak.
+    slow = stalled(load, first_hup, boot=boot)
+    allowed = stall_allowance(load.clients) * rolls // 4 + 1
+    print(f"[soak] requests that waited a boot: {len(slow)} (allowed {allowed})")
+    assert len(slow) <= allowed, f"{len(slow)} requests waited a boot ({boot}s): a stall"
     assert set(load.versions_after(done_at)) == {f"v{rolls}"}, load.describe()
     # RSS: the master's garbage between cyclic collections moves it by ~10 KiB a roll
     # (measured: flat when gc.collect() runs at each reload), far below a leak of a

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from harness import AppCode, Load, Master, roll_done, run_cli, settled_with, wait_for
+from harness import AppCode, Load, Master, exit_deadline, roll_done, run_cli, settled_with, wait_for
 
 pytestmark = pytest.mark.process
 
@@ -268,7 +268,7 @@ def test_probe_that_raises_or_hangs_aborts_the_roll(
     print(f"\n[probe {worker_class} {health}] aborted after {took:.2f}s: {last['error']}")
     assert last["result"] == "aborted", aborted
     assert f"readiness probe GET {PROBE} {expected}" in (last["error"] or ""), aborted
-    assert took < ready_timeout + 3, took
+    assert took < ready_timeout + exit_deadline(3), took
     master.wait_serving()
 
 

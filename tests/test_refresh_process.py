@@ -18,6 +18,8 @@ Isolation and speed (tests run in parallel, nothing pip writes is shared):
   setuptools that builds wheels and editable wheels by itself, put on PYTHONPATH of the
   pip runs only (the dev venv's setuptools 65 cannot without the `wheel` package; this is
   the one download, ~2 s). Editable sources are per test (setuptools writes into them).
+Tests marked `interpreters` run on Python 3.12 and 3.13 too (tests/conftest.py): their
+venvs are made by that interpreter and see the gunicorn of its matrix venv instead.
 Eggs and zips are made by hand (that is all they are: a directory or an archive with the
 package and its metadata, named by a `.pth` line). Release directories behind a `current`
 symlink hold a venv each, made the same way; the master runs `current/venv/bin/gunicorn`.
@@ -47,6 +49,7 @@ from harness import (
     Master,
     VenvMaster,
     answers,
+    exit_deadline,
     ready_workers,
     refresh_lines,
     roll,
@@ -207,19 +210,23 @@ class Env:
     """A venv of the test's own that sees gunicorn and the work tree's rollover.
 
     `python`: the interpreter the venv is made from; `shebang`: the interpreter path its
-    `bin/gunicorn` script names (a venv reached through a release symlink)."""
+    `bin/gunicorn` script names (a venv reached through a release symlink); `gunicorn_from`:
+    the venv whose gunicorn it sees (None: this interpreter's)."""
 
     def __init__(self, root: Path, kit: Kit, *, python: str = sys.executable,
-                 shebang: Path | None = None) -> None:
+                 shebang: Path | None = None, gunicorn_from: Path | None = None) -> None:
         self.root = root
         self.kit = kit
         self.venv = root / "venv"
         run([python, "-m", "venv", "--without-pip", str(self.venv)])
         self.python = self.venv / "bin" / "python"
         (self.site,) = (self.venv / "lib").glob("python3*/site-packages")
+        self.pyver = self.site.parent.name.removeprefix("python")  # "3.12"
         base = root / "base"
         base.mkdir()
         gunicorn_dir = Path(gunicorn.__file__).parent
+        if gunicorn_from is not None:
+            (gunicorn_dir,) = gunicorn_from.glob("lib/python3*/site-packages/gunicorn")
         for target in [gunicorn_dir, *gunicorn_dir.parent.glob("gunicorn-*.dist-info"),
                        Path(rollover.__file__).parent]:
             (base / target.name).symlink_to(target)
@@ -245,8 +252,14 @@ class Env:
 
 
 @pytest.fixture
-def env(tmp_path: Path, kit: Kit) -> Env:
-    return Env(tmp_path / "env", kit)
+def env(tmp_path: Path, kit: Kit, interpreter: str, interpreter_venv: Path | None) -> Env:
+    """The test's venv, made by the test's interpreter (tests/conftest.py)."""
+    if interpreter_venv is None:
+        return Env(tmp_path / "env", kit)
+    base_python = (interpreter_venv / "bin" / "python").resolve()
+    made = Env(tmp_path / "env", kit, python=str(base_python), gunicorn_from=interpreter_venv)
+    assert made.pyver == interpreter, (made.site, interpreter)
+    return made
 
 
 @pytest.fixture
@@ -301,6 +314,7 @@ def served(master: Master, status: dict[str, Any] | None = None,
 # --------------------------------------------------------------------------- scenarios
 
 
+@pytest.mark.interpreters
 @pytest.mark.parametrize("mode", ["plain", "config", "preload"])
 def test_pip_upgrade_is_served_after_hup(env: Env, start_master, mode: str) -> None:
     env.install("1.0")
@@ -328,12 +342,13 @@ def test_without_refresh_the_master_import_stays_stale(env: Env, start_master,
     assert refresh_lines(master) == []
 
 
+@pytest.mark.interpreters
 def test_egg_named_by_rewritten_pth(env: Env, start_master) -> None:
     """easy_install style: `.pth` names pkg-1.0 egg; rewritten to name the 2.0 egg, the old
     one left on disk. A plain `site` pass would append 2.0 after 1.0, and 1.0 would win."""
     eggs = {}
     for version in ("1.0", "2.0"):
-        egg = env.site / f"rtpkg-{version}-py{sys.version_info[0]}.{sys.version_info[1]}.egg"
+        egg = env.site / f"rtpkg-{version}-py{env.pyver}.egg"
         (egg / "rtpkg").mkdir(parents=True)
         for name, text in package_files(version).items():
             (egg / "rtpkg" / name).write_text(text)
@@ -363,6 +378,7 @@ def write_zip(path: Path, version: str, *, extra: bool) -> None:
         archive.writestr(f"rtpkg-{version}.dist-info/METADATA", pkg_info(version))
 
 
+@pytest.mark.interpreters(mode="preload")
 @pytest.mark.parametrize("mode", ["config", "preload"])
 def test_zip_replaced_in_place(env: Env, start_master, mode: str) -> None:
     archive = env.root / "rtpkg.zip"
@@ -379,6 +395,7 @@ def test_zip_replaced_in_place(env: Env, start_master, mode: str) -> None:
         ("2.0", "2.0", "2.0", "2.0")}, refresh_lines(master)
 
 
+@pytest.mark.interpreters(same_version=False)
 @pytest.mark.parametrize("same_version", [False, True], ids=["1.0-to-2.0", "both-1.0"])
 def test_editable_install_switched(env: Env, start_master, same_version: bool) -> None:
     """`pip install -e src1`, then `-e src2`: exactly one editable finder, code from src2.
@@ -581,4 +598,4 @@ def test_refresh_report_in_a_process_of_its_own(env: Env) -> None:
         assert ask("refresh", keep=["fakeworker"])["report"]["needs_reexec"]
     finally:
         proc.stdin.close()
-        proc.wait(30)
+        proc.wait(exit_deadline(30))

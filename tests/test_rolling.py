@@ -1,8 +1,9 @@
 """Rolling reload, end to end: real gunicorn masters running rollover, real HUPs, real HTTP.
 
 Each test holds rollover to the same `check_roll` the stock baseline fails
-(tests/test_stock_baseline.py): no failed request, no stall of half a boot or more, and
-only the new code answering once the old workers are gone.
+(tests/test_stock_baseline.py): no failed request, no stall (requests that waited a whole
+boot, more than one per 8 clients), and only the new code answering once the old workers
+are gone.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from harness import (
     roll_under_load,
     run_cli,
     settled_with,
+    stall_problem,
     start_settled,
     wait_for,
     wait_only,
@@ -41,6 +43,7 @@ CLIENTS = 8
 # --------------------------------------------------------------------------- a. gthread
 
 
+@pytest.mark.interpreters(keepalive=True)
 @pytest.mark.parametrize("keepalive", [True, False], ids=["keepalive", "new-connections"])
 def test_gthread_roll_under_load(
     make_app: Callable[..., AppCode], masters: Callable[..., Master], keepalive: bool
@@ -70,6 +73,7 @@ def test_gthread_roll_under_load(
 # --------------------------------------------------------------------------- b. uvicorn
 
 
+@pytest.mark.interpreters
 def test_uvicorn_roll_under_load(
     make_app: Callable[..., AppCode], masters: Callable[..., Master]
 ) -> None:
@@ -98,6 +102,7 @@ def test_uvicorn_roll_under_load(
 # --------------------------------------------------------------------------- c. bad deploy
 
 
+@pytest.mark.interpreters
 def test_bad_deploy_aborts_and_old_workers_keep_serving(
     make_app: Callable[..., AppCode], masters: Callable[..., Master]
 ) -> None:
@@ -149,7 +154,8 @@ def test_bad_deploy_aborts_and_old_workers_keep_serving(
 
     during_bad = load.latency_window(bad_hup, bad_end)
     print(f"[bad deploy] during the failed rolls: {during_bad}")
-    assert during_bad.max < boot / 2, f"stalled during the failed roll: {during_bad}"
+    stall = stall_problem(load, bad_hup, bad_end, boot=boot, what="during the failed roll")
+    assert stall is None, stall
     problems = check_roll(load, hup_at=hup_at, done_at=done_at, boot=boot, version="v3")
     assert problems == [], f"{problems}\n{load.describe()}{master.tail()}"
     assert final["last_rollout"]["result"] == "succeeded", final

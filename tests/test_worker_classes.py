@@ -29,6 +29,7 @@ from harness import (
     AppCode,
     Load,
     Master,
+    exit_deadline,
     figures,
     free_port,
     group_members,
@@ -354,7 +355,7 @@ def test_uvicorn_standalone_sighup_blocks_on_a_stream(tmp_path: Path) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        proc.wait(exit_deadline(10))
 
 
 @pytest.mark.process
@@ -380,7 +381,7 @@ def test_sigterm_to_master_mid_roll_with_a_stream_open(
     print(f"\n[SIGTERM mid-roll] master exited with {code} {took:.2f}s after SIGTERM; "
           f"SSE ended {_after(sse.ended_at, term_at)} after it (error={sse.error}); "
           f"processes left: {left}")
-    assert took < GRACEFUL + 3, f"stopping took {took:.2f}s{master.tail()}"
+    assert took < GRACEFUL + exit_deadline(3), f"stopping took {took:.2f}s{master.tail()}"
     assert left == [], f"processes left behind: {left}{master.tail()}"
     assert not any(pid_alive(p) for p in seen), seen
     assert sse.ended_at is not None, "the stream is still open"

@@ -17,14 +17,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from harness import AppCode, Load, Master, check_roll, figures, roll_done, start_settled
+from harness import (
+    AppCode,
+    Load,
+    Master,
+    check_roll,
+    exit_deadline,
+    figures,
+    roll_done,
+    start_settled,
+)
 
 BOOT = 1.5
 WORKERS = 4
 CLIENTS = 16
 # gunicorn's gevent worker checks every 1 s whether its connections are gone: 3 s can run out
-# on a loaded machine, and the master then kills it (a WARNING)
-GRACEFUL = 5
+# on a loaded machine, and 5 s did at load average 20; the master then kills it (a WARNING).
+# A drain that never ends is still killed, and that WARNING fails the roll. Scaled by
+# TEST_TIME_SCALE (a process-exit deadline).
+GRACEFUL = round(exit_deadline(8))
 PROBE = "/healthz"
 # Seconds each client pauses between requests (see harness.Load). ASGI classes get none:
 # a keep-alive client that sends its next request at once is what catches a drain closing
@@ -107,21 +118,10 @@ class RollResult:
     def problems(self, *, ignore_failures: bool = False) -> list[str]:
         problems = []
         for name, load in (("keep-alive", self.keepalive), ("new-conn", self.new_conn)):
+            # (a new connection's retransmitted SYN under load can take a boot:
+            # check_roll allows 1 such request per 8 clients)
             found = check_roll(load, hup_at=self.hup_at, done_at=self.done_at, boot=BOOT,
                                version="v2", ignore_failures=ignore_failures)
-            # 32 clients load a 2-core machine (with other tests running) enough for a
-            # single request to take over boot/2 now and then, and once in a few full runs
-            # one new connection took a whole boot (1.52 s of 8,987: a retransmitted SYN
-            # under load looks the same): a stall is two requests or more that took a
-            # whole boot (a roll that stopped serving while new code boots holds every
-            # client that long)
-            found = [p for p in found if not p.startswith("worst latency")]
-            window = load.overlapping(self.hup_at)
-            worst = load.latency(window)
-            stalled = sum(1 for r in window if r.latency >= BOOT)
-            if stalled >= 2:
-                found.append(f"{stalled} requests from the HUP on took a boot or longer "
-                             f"({worst})")
             problems += [f"{name}: {p}" for p in found]
         if self.final["last_rollout"]["result"] != "succeeded":
             problems.append(f"roll {self.final['last_rollout']}")
