@@ -751,14 +751,21 @@ class ControlSocketMaster(Master):
         return [*argv[:i], "--control-socket", str(self.control_socket), *argv[i + 1 :]]
 
     def control(self, command: str) -> str:
-        cp = subprocess.run(
-            [str(GUNICORN.parent / "gunicornc"), "-s", str(self.control_socket), "-c", command],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
+        # gunicorn 27 stops its control server around every fork and starts it again (the
+        # socket path is unlinked meanwhile): a roll forks often, so retry a refused connect
+        for _ in range(20):
+            cp = subprocess.run(
+                [str(GUNICORN.parent / "gunicornc"), "-s", str(self.control_socket), "-c",
+                 command],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+            if cp.returncode == 0 or "Failed to connect" not in cp.stdout + cp.stderr:
+                break
+            time.sleep(0.1)
         assert cp.returncode == 0, f"gunicornc {command!r}: {cp.stdout}{cp.stderr}{self.tail()}"
         return cp.stdout.strip()
 

@@ -84,7 +84,6 @@ class RollingArbiter(hup.Reload, service.Service, gunicorn_compat.Loop, Arbiter)
         # internal errors contained by the fault boundary: count, and when each was logged
         self.faults = 0
         self._fault_logged: dict[tuple[str, str], float] = {}
-        self._adopt_unknown = False
         self._service_init()  # systemd notify (before gunicorn's READY=1), status cleanup
         _register_fork_cleanup(self)
         self.machine = rollout.Machine(self._policy(), target=self.num_workers)
@@ -209,6 +208,8 @@ class RollingArbiter(hup.Reload, service.Service, gunicorn_compat.Loop, Arbiter)
             for problem in problems:
                 self.log.warning("rollover: %s", problem)
             now = time.monotonic()
+            if deliveries:
+                self._adopt(now)  # a worker forked by gunicorn's own manage_workers, if any
             for d in deliveries:
                 match d.message:
                     case Ready():
@@ -271,8 +272,7 @@ class RollingArbiter(hup.Reload, service.Service, gunicorn_compat.Loop, Arbiter)
         except Exception:
             self._fault("deciding the roll")
             # gunicorn's own manage_workers for this tick: `workers` processes kept running
-            # (what it spawns, the machine adopts on the next tick)
-            self._adopt_unknown = True
+            # (what it spawns, the machine adopts: `_adopt`)
             try:
                 Arbiter.manage_workers(self)
             except Exception:
@@ -286,6 +286,13 @@ class RollingArbiter(hup.Reload, service.Service, gunicorn_compat.Loop, Arbiter)
             except Exception:
                 self._fault(where)
 
+    def _adopt(self, now: float) -> None:
+        """Workers the machine does not know (forked by gunicorn's manage_workers after a
+        fault) become the machine's, as booting workers of the generation it spawns."""
+        for pid in self.WORKERS:
+            if pid not in self.machine.workers and pid not in self._planned:
+                self.machine.spawned(now, pid, self.machine.spawn_generation)
+
     def _roll(self) -> None:
         """Tell the machine what changed, execute what it decides."""
         now = time.monotonic()
@@ -293,12 +300,7 @@ class RollingArbiter(hup.Reload, service.Service, gunicorn_compat.Loop, Arbiter)
             # gunicorn's kill_worker forgets a worker it finds already gone (ESRCH)
             self.machine.exited(now, pid, "vanished", None)
         self.channel.keep_only(self.WORKERS)
-        if self._adopt_unknown:
-            # after a fault: workers gunicorn's manage_workers forked are the machine's too
-            self._adopt_unknown = False
-            for pid in self.WORKERS:
-                if pid not in self.machine.workers and pid not in self._planned:
-                    self.machine.spawned(now, pid, self.machine.spawn_generation)
+        self._adopt(now)
         for action in self.machine.tick(now, self.num_workers):
             self._execute(action, now)
         if (self._previous is not None and self.machine.rollout is None
@@ -321,13 +323,13 @@ class RollingArbiter(hup.Reload, service.Service, gunicorn_compat.Loop, Arbiter)
         self._metric(f"rollover.rollouts.{last.result}", 1, "counter")
         verdict = last.canary.verdict if last.canary is not None else None
         if verdict is not None:
-            self._metric(f"rollover.core.canary.{str(verdict.result).replace(' ', '_')}", 1,
+            self._metric(f"rollover.canary.{str(verdict.result).replace(' ', '_')}", 1,
                          "counter")
             if verdict.rule is not None:  # which rule decided
-                self._metric(f"rollover.core.canary.rule.{str(verdict.rule).replace(' ', '_')}",
+                self._metric(f"rollover.canary.rule.{str(verdict.rule).replace(' ', '_')}",
                              1, "counter")
         if last.finished is not None:
-            self._metric("rollover.core.rollout.duration", (last.finished - last.started) * 1000,
+            self._metric("rollover.rollout.duration", (last.finished - last.started) * 1000,
                          "histogram")
 
     def _metric(self, name: str, value: float, mtype: str) -> None:

@@ -52,6 +52,7 @@ PROBE_FAILED_EXIT_CODE = 3
 # How much sooner than the master's ready deadline the worker gives up on its probe, so
 # the roll aborts with the probe's own cause rather than "not READY within ...".
 _PROBE_MARGIN = 0.25
+_PROBE_MARGIN_SHARE = 0.15
 
 
 def configure(current: Settings) -> None:
@@ -241,7 +242,8 @@ def with_readiness(worker_class: type, interface: Interface | None) -> type:
         def _rollover_probe_timeout(self) -> float:
             ready_timeout = settings.ready_timeout if settings is not None else 30.0
             left = ready_timeout - (time.monotonic() - self._rollover_spawned_at)
-            return max(0.1, left - _PROBE_MARGIN)
+            # the margin grows with the timeout: a busy machine delays the report too
+            return max(0.1, left - max(_PROBE_MARGIN, ready_timeout * _PROBE_MARGIN_SHARE))
 
         def _rollover_probe_failed(self, cause: str, logged: bool = False) -> None:
             report_failed(cause)
