@@ -120,7 +120,9 @@ class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
         self._release_pins = {self.machine.generation: self._start_links}
         self._spawn_pins: dict[str, str] | None = None
         pinning.address_start_through_links(self, self._start_links)
-        self.log.info("rollover %s active: %s", rollover.__version__, self.settings.summary)
+        changed, every = settings.start_lines(self.settings, self.cfg)
+        self.log.info("rollover %s active: %s", rollover.__version__, changed)
+        self.log.debug("rollover settings: %s", every)
         if self.settings.status_path is None:
             self.log.warning("rollover: no pidfile and no rollover_status_path: no status "
                              "file, so `rollover status/reload` cannot follow this master")

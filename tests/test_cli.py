@@ -487,3 +487,51 @@ def test_progress_names_the_canary_while_it_is_judged_and_its_verdict() -> None:
     assert isinstance(progress, Progress)
     assert progress.line().endswith("(canary passed: canary answered 0 of 50 with 5xx; "
                                     "old workers 0 of 150)")
+
+
+# --- first-hour rough edges (issue 25) -----------------------------------------------------
+
+
+def test_render_counts_ready_workers_once_per_generation_in_a_roll() -> None:
+    workers = [{"pid": 4243, "generation": 1, "state": "ready", "since": iso(NOW - 12)},
+               {"pid": 4244, "generation": 1, "state": "draining", "since": iso(NOW - 1)},
+               {"pid": 4245, "generation": 2, "state": "ready", "since": iso(NOW - 1)}]
+    status = status_dict(generation=2, serving_generation=2, state="rolling",
+                         workers=workers, rollout=rollout(2, 2, NOW - 3))
+    lines = render_status(status, NOW).splitlines()
+    assert lines[0] == ("master 4242 · generation 2 · rolling · ready: 1 on generation 1, "
+                        "1/2 on generation 2"), lines
+    assert lines[1] == "rolling to generation 2, started 3s ago", lines
+    assert not any("new workers ready" in line or "workers ready" in line for line in lines)
+
+
+def test_timeout_without_wait_points_to_the_reload_help() -> None:
+    line = one_error_line(run_cli("reload", "--pidfile", "x", "--timeout", "5"))
+    assert line == ("rollover: --timeout only applies with --wait "
+                    "(see 'rollover reload --help')"), line
+
+
+@pytest.mark.parametrize("command", ["status", "reload", "deploy"])
+@pytest.mark.parametrize("env", [{}, {"ROLLOVER_PIDFILE": "/run/app/gunicorn.pid"}])
+def test_usage_says_where_the_pidfile_comes_from(command: str, env: dict[str, str]) -> None:
+    result = run_cli(command, "--help", env=env)
+    assert result.returncode == 0, result.stderr
+    usage = " ".join(result.stdout.split("\n\n")[0].split())
+    assert usage.startswith(f"usage: rollover {command} [-h] "
+                            "(--pidfile F | $ROLLOVER_PIDFILE) [--status S]"), usage
+    if command == "reload":
+        assert usage.endswith("[--wait [--timeout SECONDS]]"), usage
+
+
+def test_each_subcommand_lists_its_own_exit_codes() -> None:
+    def codes(*args: str) -> list[str]:
+        text = run_cli(*args).stdout
+        block = text.split("exit codes:\n", 1)[1].split("\n\n", 1)[0]
+        return [line.split()[0] for line in block.splitlines() if line[:4].strip()]
+
+    assert codes("status", "--help") == ["0", "2", "130"]
+    assert codes("reload", "--help") == ["0", "1", "2", "3", "130"]
+    top = run_cli("--help").stdout
+    assert "\nexit codes:\n" not in top and "rollover COMMAND --help" in top, top
+    status_help = run_cli("status", "--help").stdout
+    assert "reload --wait" not in status_help and "timed out" not in status_help
