@@ -49,7 +49,7 @@ from rollover import (
 )
 from rollover.canary import CanaryPolicy
 from rollover.channel import Channel
-from rollover.core.messages import Counts, Failed, Ready, Recycle
+from rollover.core.messages import Counts, Failed, Ready, Recycle, Unlisten
 from rollover.worker import readiness, sender, spread
 
 # The gunicorn hooks `rollover.hooks` defines: each reports to `hook_ran` when it runs.
@@ -120,9 +120,7 @@ class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
         self._release_pins = {self.machine.generation: self._start_links}
         self._spawn_pins: dict[str, str] | None = None
         pinning.address_start_through_links(self, self._start_links)
-        changed, every = settings.start_lines(self.settings, self.cfg)
-        self.log.info("rollover %s active: %s", rollover.__version__, changed)
-        self.log.debug("rollover settings: %s", every)
+        settings.announce(self.log, self.settings, self.cfg, rollover.__version__)
         if self.settings.status_path is None:
             self.log.warning("rollover: no pidfile and no rollover_status_path: no status "
                              "file, so `rollover status/reload` cannot follow this master")
@@ -222,6 +220,8 @@ class RollingArbiter(service.Service, gunicorn_compat.Loop, Arbiter):
                         self.machine.counted(now, d.pid, outcomes)
                     case Recycle(reason, overdue):
                         self.machine.recycle_requested(now, d.pid, reason, overdue=overdue)
+                    case Unlisten():
+                        self.machine.unlistened(now, d.pid)
         except Exception:
             self._fault("reading the workers' messages")
 

@@ -167,6 +167,11 @@ def render_status(status: dict[str, Any], now: float) -> str:
     if isinstance(current, dict):
         line = (f"rolling to generation {current.get('generation', '?')},"
                 f" started {age(current.get('started'), now)} ago")
+        accepting = [str(w.get("pid", "?")) for w in workers
+                     if w.get("state") == "draining" and w.get("accepting") is True]
+        if accepting:
+            line += (f"; waiting for retired worker(s) {', '.join(accepting)} to stop "
+                     f"accepting")
         lines.append(line)
         canary = current.get("canary")
         if isinstance(canary, dict) and canary.get("verdict") is None:

@@ -233,6 +233,13 @@ def start_lines(current: Settings, cfg: Any) -> tuple[str, str]:
             current.summary)
 
 
+def announce(log: Any, current: Settings, cfg: Any, version: str) -> None:
+    """Log the start lines (`start_lines`) to gunicorn's error log `log`."""
+    changed, every = start_lines(current, cfg)
+    log.info("rollover %s active: %s", version, changed)
+    log.debug("rollover settings: %s", every)
+
+
 def config_namespace(cfg: Any) -> Mapping[str, Any]:
     """The variables of the config module or file gunicorn loaded for `cfg`."""
     location = getattr(cfg, "config", None) or ""

@@ -2,7 +2,7 @@
 version (tests/test_rolled_out_<N>.py, one file per version so that `--dist loadfile`
 spreads them over the xdist workers).
 
-For each worker class (`sync`, `gthread`, `uvicorn_worker.UvicornWorker`), a
+For each worker class (`sync`, `gthread`, `gevent`, `uvicorn_worker.UvicornWorker`), a
 master of that version rolls `ROLLS` times in a row; after each `rollover reload --wait`
 exits 0 (it printed "rolled out generation N"), `REQUESTS` requests, each on a new
 connection, must all be answered by the new generation. A retired worker that still
@@ -31,7 +31,7 @@ REQUESTS = 40
 WORKERS = 2
 BOOT = 0.2
 
-CLASSES = ["sync", "gthread", "uvicorn_worker.UvicornWorker"]
+CLASSES = ["sync", "gthread", "gevent", "uvicorn_worker.UvicornWorker"]
 
 
 def answers(port: int, count: int) -> Counter[str]:

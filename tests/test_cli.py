@@ -535,3 +535,21 @@ def test_each_subcommand_lists_its_own_exit_codes() -> None:
     assert "\nexit codes:\n" not in top and "rollover COMMAND --help" in top, top
     status_help = run_cli("status", "--help").stdout
     assert "reload --wait" not in status_help and "timed out" not in status_help
+
+
+def test_a_roll_waiting_for_a_retired_worker_to_stop_accepting_says_so() -> None:
+    workers = [{"pid": 4244, "generation": 1, "state": "draining", "since": iso(NOW - 1),
+                "accepting": True},
+               {"pid": 4245, "generation": 2, "state": "ready", "since": iso(NOW - 2)},
+               {"pid": 4246, "generation": 2, "state": "ready", "since": iso(NOW - 1)}]
+    current = {**rollout(2, 2, NOW - 3, new_ready=2), "old_accepting": 1}
+    status = status_dict(generation=2, serving_generation=2, state="rolling",
+                         workers=workers, rollout=current)
+    lines = render_status(status, NOW).splitlines()
+    assert lines[0].endswith("· rolling · ready: 2/2 on generation 2"), lines
+    assert lines[1] == ("rolling to generation 2, started 3s ago; waiting for retired "
+                        "worker(s) 4244 to stop accepting"), lines
+    progress = follow(status_dict(reloads=2, state="rolling", rollout=current), 1, NOW - 5)
+    assert isinstance(progress, Progress)
+    assert progress.line() == ("2/2 workers on generation 2 (waiting for 1 retired worker(s) "
+                               "to stop accepting)")

@@ -21,7 +21,11 @@ second the retired worker went on accepting new connections and answering them w
 old code, after the master had counted it gone. Here, on 23, the worker's own signal pipe
 (`self.PIPE`, gunicorn's `set_wakeup_fd`) is watched by the poller, so SIGTERM ends the
 wait at once; and `accept` takes nothing once SIGTERM came (a listener event already
-returned by that `select`).
+returned by that `select`). The master is told (`sender.unlisten`) once the listeners left
+the poller, from the loop's own thread, the only one that accepts.
+
+`GthreadUnlisten` goes in front of 27.0.1's class instead, which drains on its own: it only
+tells the master once the stopping loop turned accepting off.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import selectors
 import time
 from typing import TYPE_CHECKING, Any
 
+from rollover.worker import sender
 from rollover.worker.drain import drain_deadline, graceful_timeout
 
 if TYPE_CHECKING:
@@ -39,7 +44,7 @@ if TYPE_CHECKING:
 else:
     _Base = object
 
-__all__ = ["GthreadDrain"]
+__all__ = ["GthreadDrain", "GthreadUnlisten"]
 
 
 class GthreadDrain(_Base):
@@ -113,7 +118,20 @@ class GthreadDrain(_Base):
                     for sock in self.sockets:
                         with contextlib.suppress(KeyError, ValueError, OSError):
                             self.poller.unregister(sock)
+            sender.unlisten()  # the loop's thread, the one that accepts: none from now on
         assert self._rollover_term_at is not None
         deadline = self._rollover_term_at + drain_deadline(graceful_timeout(self.cfg))
         if self.nr_conns <= 0 or time.monotonic() >= deadline:
             self.alive = False
+
+
+class GthreadUnlisten(_Base):
+    """Goes in front of gunicorn's `ThreadWorker` from 27.0.1, which drains on its own:
+    tells the master when its loop, stopping, turned accepting off."""
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        super().set_accept_enabled(enabled)
+        if not enabled and not self.alive:
+            # the stopping loop (or one at its connection limit that SIGTERM just ended):
+            # nothing turns accepting back on once `alive` is false
+            sender.unlisten()
