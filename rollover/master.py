@@ -116,7 +116,7 @@ def final_progress(done: Done, status: dict[str, Any], shown: Progress | None
         return None
     target = shown.target if shown is not None else _int(status.get("workers_target"))
     final = Progress(_int(done.record.get("generation")), target, target)
-    if shown is not None and final == replace(shown, canary=None, accepting=0):
+    if shown is not None and final == replace(shown, canary=None):  # a waiting line differs
         return None
     return None if target <= 0 else final
 

@@ -553,3 +553,13 @@ def test_a_roll_waiting_for_a_retired_worker_to_stop_accepting_says_so() -> None
     assert isinstance(progress, Progress)
     assert progress.line() == ("2/2 workers on generation 2 (waiting for 1 retired worker(s) "
                                "to stop accepting)")
+
+
+def test_the_final_progress_line_follows_a_waiting_one() -> None:
+    from rollover.master import final_progress
+
+    waiting = Progress(generation=2, new_ready=2, target=2, accepting=1)
+    done = Done("succeeded", {"generation": 2})
+    final = final_progress(done, status_dict(), waiting)
+    assert final is not None and final.line() == "2/2 workers on generation 2"
+    assert final_progress(done, status_dict(), Progress(2, 2, 2)) is None
