@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from typing import Any, NoReturn
@@ -46,18 +47,37 @@ EXIT_INTERRUPTED = 130  # Ctrl-C
 
 DEFAULT_TIMEOUT = 300.0
 
-EPILOG = f"""\
+_ENVIRONMENT = f"""
+environment:
+  {PIDFILE_ENV}   the default of --pidfile
+"""
+
+# Exit codes per subcommand: each subcommand's --help lists only its own.
+STATUS_EPILOG = f"""\
 exit codes:
-  {EXIT_OK}    ok (reload --wait: the roll succeeded)
-  {EXIT_ABORTED}    reload --wait: the roll was aborted, the old workers keep serving
-  {EXIT_ERROR}    usage error, no such master, unreadable status, master exited meanwhile
-  {EXIT_TIMEOUT}    reload --wait: timed out waiting for the roll (the roll carries on in
+  {EXIT_OK}    ok
+  {EXIT_ERROR}    usage error, no such master, not a rollover master, unreadable status
+  {EXIT_INTERRUPTED}  interrupted
+""" + _ENVIRONMENT
+
+RELOAD_EPILOG = f"""\
+exit codes:
+  {EXIT_OK}    ok (with --wait: the roll succeeded: no worker of an older generation
+       accepts connections any more)
+  {EXIT_ABORTED}    with --wait: the roll was aborted, the old workers keep serving
+  {EXIT_ERROR}    usage error, no such master, not a rollover master, unreadable status,
+       or the master exited while waiting
+  {EXIT_TIMEOUT}    with --wait: timed out waiting for the roll (the roll carries on in
        the master; `rollover status` follows it)
   {EXIT_INTERRUPTED}  interrupted
+""" + _ENVIRONMENT
 
-environment:
-  ROLLOVER_PIDFILE   the default of --pidfile
-"""
+EPILOG = """\
+Each command's exit codes: rollover COMMAND --help.
+""" + _ENVIRONMENT
+
+# Where the pidfile comes from, in each command's usage line.
+PIDFILE_USAGE = f"(--pidfile F | ${PIDFILE_ENV})"
 
 
 # --- rollover status ---------------------------------------------------------------------
@@ -119,16 +139,34 @@ def degraded_reason(status: dict[str, Any], now: float) -> str:
     return f"{booting} worker(s) booting" if booting else "waiting for a respawn"
 
 
+def ready_by_generation(workers: list[dict[str, Any]], current: dict[str, Any],
+                        target: Any) -> str:
+    """`3 on generation 2, 1/4 on generation 3`: the READY workers of each generation in a
+    roll, the rolling one last, counted toward the target."""
+    rolling = current.get("generation")
+    counts: dict[Any, int] = {}
+    for w in workers:
+        if w.get("state") == "ready":
+            counts[w.get("generation")] = counts.get(w.get("generation"), 0) + 1
+    older = sorted((g for g in counts if g != rolling), key=str)
+    parts = [f"{counts[g]} on generation {g}" for g in older]
+    parts.append(f"{counts.get(rolling, 0)}/{target} on generation {rolling}")
+    return ", ".join(parts)
+
+
 def render_status(status: dict[str, Any], now: float) -> str:
     workers = [w for w in status["workers"] if isinstance(w, dict)]
     ready = sum(1 for w in workers if w.get("state") == "ready")
     target = status.get("workers_target", len(workers))
     serving = status.get("serving_generation", status["generation"])
-    lines = [
-        f"master {status['pid']} · generation {serving} · {status['state']}"
-        f" · {ready}/{target} workers ready"
-    ]
     current, last = status.get("rollout"), status.get("last_rollout")
+    if isinstance(current, dict):
+        # one count per generation: the new one's toward the target, the older ones' beside
+        lines = [f"master {status['pid']} · generation {serving} · {status['state']}"
+                 f" · ready: {ready_by_generation(workers, current, target)}"]
+    else:
+        lines = [f"master {status['pid']} · generation {serving} · {status['state']}"
+                 f" · {ready}/{target} workers ready"]
     if status["state"] == "degraded":
         lines.append(f"degraded: {degraded_reason(status, now)}")
     if serving != status["generation"] and not isinstance(current, dict):
@@ -137,11 +175,14 @@ def render_status(status: dict[str, Any], now: float) -> str:
         lines.append(f"generation {status['generation']} was not rolled out: respawns use "
                      f"generation {serving}'s config and {code}")
     if isinstance(current, dict):
-        lines.append(
-            f"rolling generation {current.get('generation', '?')}:"
-            f" {current.get('new_ready', '?')}/{current.get('target', target)} new workers ready,"
-            f" started {age(current.get('started'), now)} ago"
-        )
+        line = (f"rolling to generation {current.get('generation', '?')},"
+                f" started {age(current.get('started'), now)} ago")
+        accepting = [str(w.get("pid", "?")) for w in workers
+                     if w.get("state") == "draining" and w.get("accepting") is True]
+        if accepting:
+            line += (f"; waiting for retired worker(s) {', '.join(accepting)} to stop "
+                     f"accepting")
+        lines.append(line)
         canary = current.get("canary")
         if isinstance(canary, dict) and canary.get("verdict") is None:
             lines.append(f"canary: worker {canary.get('pid')} answered "
@@ -252,7 +293,7 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"rollover {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help: str, epilog: str = EPILOG,
+    def command(name: str, help: str, epilog: str,
                 pidfile_elsewhere: str = "") -> argparse.ArgumentParser:
         sub = commands.add_parser(
             name, help=help, description=help, epilog=epilog,
@@ -269,11 +310,12 @@ def build_parser() -> Parser:
                          "gunicorn.pid -> gunicorn.rollover.json)")
         return sub
 
-    status = command("status", "show the master's workers and rolls")
+    status = command("status", "show the master's workers and rolls", STATUS_EPILOG)
     status.add_argument("--json", action="store_true", help="print the raw status as JSON")
     status.set_defaults(run=cmd_status)
 
-    reload = command("reload", "send HUP to the master: roll the workers one at a time")
+    reload = command("reload", "send HUP to the master: roll the workers one at a time",
+                     RELOAD_EPILOG)
     reload.add_argument("--wait", action="store_true",
                         help="follow the roll until it ends; exit 0 if it succeeded, "
                         "1 if it was aborted")
@@ -288,7 +330,23 @@ def build_parser() -> Parser:
                      pidfile_elsewhere=", else pidfile in <root>/rollover.toml")
     deploy_command.add_arguments(deploy)
     deploy.set_defaults(run=deploy_command.run)
+    for sub in (status, reload, deploy):
+        sub.set_defaults(parser=sub)
+        sub.usage = _usage(sub)
     return parser
+
+
+def _usage(sub: argparse.ArgumentParser) -> str:
+    """argparse's usage line, saying where the pidfile comes from (the option or the
+    environment), and that --timeout goes with --wait."""
+    usage = sub.format_usage().removeprefix("usage: ").rstrip("\n")
+    optional = "[--pidfile F]" in usage  # deploy: else the pidfile in rollover.toml
+    shown = PIDFILE_USAGE.replace("$", "$$")
+    if optional:
+        shown = "[" + shown[1:-1] + "]"
+    usage = re.sub(r"\[?--pidfile F\]?", shown, usage, count=1)
+    usage = re.sub(r"\[--wait\]\s+\[--timeout SECONDS\]", "[--wait [--timeout SECONDS]]", usage)
+    return usage.replace("%", "%%").replace("$$", "$")
 
 
 def error(message: str) -> None:
@@ -301,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "reload":
             if args.timeout is not None and not args.wait:
-                parser.error("--timeout only applies with --wait")
+                args.parser.error("--timeout only applies with --wait")
             if args.timeout is None:
                 args.timeout = DEFAULT_TIMEOUT
         return int(args.run(args))

@@ -47,10 +47,17 @@ class Progress:
     new_ready: int
     target: int
     canary: str | None = None  # "judging worker N", then its verdict and figures
+    # every worker is new and READY, but these old ones may still accept: the roll waits
+    accepting: int = 0
 
     def line(self) -> str:
         text = f"{self.new_ready}/{self.target} workers on generation {self.generation}"
-        return f"{text} (canary {self.canary})" if self.canary else text
+        if self.canary:
+            text += f" (canary {self.canary})"
+        if self.accepting and self.new_ready >= self.target:
+            text += (f" (waiting for {self.accepting} retired worker(s) to stop "
+                     f"accepting)")
+        return text
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,7 @@ def follow(status: dict[str, Any], before: int, sent_at: float) -> Progress | Do
             new_ready=_int(current.get("new_ready")),
             target=_int(current.get("target", status.get("workers_target"))),
             canary=_canary(current.get("canary")),
+            accepting=_int(current.get("old_accepting")),
         )
     return None
 
@@ -108,7 +116,7 @@ def final_progress(done: Done, status: dict[str, Any], shown: Progress | None
         return None
     target = shown.target if shown is not None else _int(status.get("workers_target"))
     final = Progress(_int(done.record.get("generation")), target, target)
-    if shown is not None and final == replace(shown, canary=None):
+    if shown is not None and final == replace(shown, canary=None):  # a waiting line differs
         return None
     return None if target <= 0 else final
 

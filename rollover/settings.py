@@ -173,6 +173,12 @@ class Settings:
     def summary(self) -> str:
         return ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
 
+    def changes(self, defaults: Settings) -> str:
+        """The settings that differ from `defaults` (`name=value, ...`), or "defaults"."""
+        changed = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
+                   if getattr(self, f.name) != getattr(defaults, f.name)]
+        return ", ".join(changed) if changed else "defaults"
+
 
 # name -> (parser, default computed from the gunicorn config)
 _SPECS: dict[str, tuple[Callable[[str, Any], Any], Callable[[Any], Any]]] = {
@@ -229,6 +235,20 @@ def _default_status_path(cfg: Any) -> str | None:
     from rollover.status import default_status_path
 
     return default_status_path(cfg.pidfile) if cfg.pidfile else None
+
+
+def start_lines(current: Settings, cfg: Any) -> tuple[str, str]:
+    """The master's start lines: (INFO) the settings that differ from their defaults for
+    `cfg`, (DEBUG) every setting."""
+    return (current.changes(resolve(cfg, namespace={}, environ={})),
+            current.summary)
+
+
+def announce(log: Any, current: Settings, cfg: Any, version: str) -> None:
+    """Log the start lines (`start_lines`) to gunicorn's error log `log`."""
+    changed, every = start_lines(current, cfg)
+    log.info("rollover %s active: %s", version, changed)
+    log.debug("rollover settings: %s", every)
 
 
 def config_namespace(cfg: Any) -> Mapping[str, Any]:

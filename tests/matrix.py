@@ -2,7 +2,7 @@
 
 `gunicorn_venv("26.2.0")` returns a venv (under `.cache/matrix/`, gitignored) holding that
 gunicorn, rollover installed editable from this checkout (code changes need no rebuild),
-uvicorn, uvicorn-worker, Starlette, httpx and pytest (for the version's own tests). It is
+uvicorn, uvicorn-worker, Starlette, httpx, gevent and pytest (for the version's own tests). It is
 made once and reused across test runs and pytest-xdist workers:
 
 - one venv per version at `.cache/matrix/gunicorn-<version>/`, with a marker file written
@@ -82,6 +82,8 @@ def requirements(version: str) -> list[str]:
         # gunicorn's tests/test_arbiter.py imports only gunicorn, pytest and the stdlib
         # (23.0 through 27.0)
         "pytest>=8",
+        # -k gevent in tests/test_rolled_out_*.py (gunicorn 27's worker needs 24.10.1+)
+        "gevent>=24.10.1",
     ]
     if version == UVICORN_WORKER_SUITE_GUNICORN:
         # what uvicorn-worker's tests/conftest.py imports

@@ -548,3 +548,82 @@ def test_status_says_which_rule_decided_the_canary() -> None:
     assert describe_last(record).endswith(": canary failed: 3 of 3 failed vs 0 of 16 on the "
                                           "old workers, p = 0.001; in all it answered 5 "
                                           "requests, 5 failed (min ready 4)")
+
+
+# --- first-hour rough edges (issue 25) -----------------------------------------------------
+
+
+def test_render_counts_ready_workers_once_per_generation_in_a_roll() -> None:
+    workers = [{"pid": 4243, "generation": 1, "state": "ready", "since": iso(NOW - 12)},
+               {"pid": 4244, "generation": 1, "state": "draining", "since": iso(NOW - 1)},
+               {"pid": 4245, "generation": 2, "state": "ready", "since": iso(NOW - 1)}]
+    status = status_dict(generation=2, serving_generation=2, state="rolling",
+                         workers=workers, rollout=rollout(2, 2, NOW - 3))
+    lines = render_status(status, NOW).splitlines()
+    assert lines[0] == ("master 4242 · generation 2 · rolling · ready: 1 on generation 1, "
+                        "1/2 on generation 2"), lines
+    assert lines[1] == "rolling to generation 2, started 3s ago", lines
+    assert not any("new workers ready" in line or "workers ready" in line for line in lines)
+
+
+def test_timeout_without_wait_points_to_the_reload_help() -> None:
+    line = one_error_line(run_cli("reload", "--pidfile", "x", "--timeout", "5"))
+    assert line == ("rollover: --timeout only applies with --wait "
+                    "(see 'rollover reload --help')"), line
+
+
+@pytest.mark.parametrize("command", ["status", "reload", "deploy"])
+@pytest.mark.parametrize("env", [{}, {"ROLLOVER_PIDFILE": "/run/app/gunicorn.pid"}])
+def test_usage_says_where_the_pidfile_comes_from(command: str, env: dict[str, str]) -> None:
+    result = run_cli(command, "--help", env=env)
+    assert result.returncode == 0, result.stderr
+    usage = " ".join(result.stdout.split("\n\n")[0].split())
+    # deploy's pidfile may also come from <root>/rollover.toml: optional there
+    pidfile = ("[--pidfile F | $ROLLOVER_PIDFILE]" if command == "deploy"
+               else "(--pidfile F | $ROLLOVER_PIDFILE)")
+    assert usage.startswith(f"usage: rollover {command} [-h] {pidfile}") or (
+        command == "deploy" and pidfile in usage), usage
+    if command == "reload":
+        assert usage.endswith("[--wait [--timeout SECONDS]]"), usage
+
+
+def test_each_subcommand_lists_its_own_exit_codes() -> None:
+    def codes(*args: str) -> list[str]:
+        text = run_cli(*args).stdout
+        block = text.split("exit codes:\n", 1)[1].split("\n\n", 1)[0]
+        return [line.split()[0] for line in block.splitlines() if line[:4].strip()]
+
+    assert codes("status", "--help") == ["0", "2", "130"]
+    assert codes("reload", "--help") == ["0", "1", "2", "3", "130"]
+    top = run_cli("--help").stdout
+    assert "\nexit codes:\n" not in top and "rollover COMMAND --help" in top, top
+    status_help = run_cli("status", "--help").stdout
+    assert "reload --wait" not in status_help and "timed out" not in status_help
+
+
+def test_a_roll_waiting_for_a_retired_worker_to_stop_accepting_says_so() -> None:
+    workers = [{"pid": 4244, "generation": 1, "state": "draining", "since": iso(NOW - 1),
+                "accepting": True},
+               {"pid": 4245, "generation": 2, "state": "ready", "since": iso(NOW - 2)},
+               {"pid": 4246, "generation": 2, "state": "ready", "since": iso(NOW - 1)}]
+    current = {**rollout(2, 2, NOW - 3, new_ready=2), "old_accepting": 1}
+    status = status_dict(generation=2, serving_generation=2, state="rolling",
+                         workers=workers, rollout=current)
+    lines = render_status(status, NOW).splitlines()
+    assert lines[0].endswith("· rolling · ready: 2/2 on generation 2"), lines
+    assert lines[1] == ("rolling to generation 2, started 3s ago; waiting for retired "
+                        "worker(s) 4244 to stop accepting"), lines
+    progress = follow(status_dict(reloads=2, state="rolling", rollout=current), 1, NOW - 5)
+    assert isinstance(progress, Progress)
+    assert progress.line() == ("2/2 workers on generation 2 (waiting for 1 retired worker(s) "
+                               "to stop accepting)")
+
+
+def test_the_final_progress_line_follows_a_waiting_one() -> None:
+    from rollover.client import final_progress
+
+    waiting = Progress(generation=2, new_ready=2, target=2, accepting=1)
+    done = Done("succeeded", {"generation": 2})
+    final = final_progress(done, status_dict(), waiting)
+    assert final is not None and final.line() == "2/2 workers on generation 2"
+    assert final_progress(done, status_dict(), Progress(2, 2, 2)) is None

@@ -25,6 +25,7 @@ from rollover.core.messages import (
     Garbled,
     Ready,
     Recycle,
+    Unlisten,
     decode,
     encode,
 )
@@ -36,6 +37,7 @@ messages = st.one_of(
     st.builds(Failed, st.text(max_size=200)),
     st.builds(Counts, st.builds(Outcomes, counts, counts, counts, counts, counts)),
     st.builds(Recycle, st.text(max_size=200), st.booleans()),
+    st.just(Unlisten()),
 )
 
 
@@ -88,7 +90,7 @@ def test_random_json_is_garbled(value: object) -> None:
 
 
 @settings(max_examples=300)
-@given(st.sampled_from(["ready", "failed", "counts", "recycle"]),
+@given(st.sampled_from(["ready", "failed", "counts", "recycle", "unlisten"]),
        st.lists(st.one_of(st.integers(), st.floats(), st.text(max_size=30)).map(str),
                 max_size=8))
 def test_known_kinds_with_random_fields_never_raise(kind: str, fields: list[str]) -> None:
@@ -112,6 +114,11 @@ def test_known_kinds_with_random_fields_never_raise(kind: str, fields: list[str]
     b"ready " + str(MAX_PID + 1).encode(),
     b"ready " + b"9" * 400,
     b"ready 12 extra",
+    b"unlisten 12 extra",
+    b"unlisten",
+    b"unlisten -3",
+    b"unlisten 0",
+    b"unlisten " + b"9" * 400,
     b"counts 12 1 2 3 4",
     b"counts 12 1 2 3 4 5 6",
     b"counts 12 " + b" ".join([str(10**26).encode()] * 5),
@@ -138,6 +145,8 @@ def test_text_is_one_printable_bounded_line() -> None:
 
 def test_the_wire_format_reads_as_documented() -> None:
     assert encode(7, Ready()) == b"ready 7\n"
+    assert encode(7, Unlisten()) == b"unlisten 7\n"
+    assert decode(b"unlisten 7") == Envelope(7, Unlisten())
     assert encode(7, Counts(Outcomes(5, 3, 1, 1, 0))) == b"counts 7 5 3 1 1 0\n"
     assert encode(7, Recycle("max_requests: served 10 of 10", overdue=True)) == \
         b"recycle 7 overdue max_requests: served 10 of 10\n"

@@ -110,6 +110,12 @@ class Driver:
             self.machine.exited(self.now, pid, description, code)
             self._check()
 
+    def unlisten(self, *pids: int) -> None:
+        """Workers say they accept no connection any more."""
+        for pid in pids:
+            self.machine.unlistened(self.now, pid)
+            self._check()
+
     def fail(self, pid: int, cause: str = CAUSE, code: int | None = WORKER_BOOT_ERROR) -> None:
         """A booting worker reports why it cannot boot, then exits (gunicorn's way)."""
         self.machine.failed(pid, cause)
@@ -374,9 +380,11 @@ def test_roll_replaces_one_worker_at_a_time_with_max_surge_1():
         assert step.retired == [oldest], "one old worker goes when one new one is READY"
         assert len(step.spawned) == (1 if i < len(old) - 1 else 0)
         assert d.machine.ready_count == 4
-        # the roll ends on the tick that retires the last old worker
-        assert d.machine.state == ("rolling" if i < len(old) - 1 else "idle")
+        # the roll does not end on the tick that retires the last old worker: that one may
+        # still accept until it says it stopped (or exits)
+        assert d.machine.state == "rolling"
         d.exit(oldest)  # it finished its requests
+    step = d.tick()
 
     m = d.machine
     assert m.state == "idle"
@@ -469,12 +477,17 @@ def test_roll_is_done_once_no_old_worker_serves():
     d.reload()
     (new,) = d.tick().spawned
     d.ready(new)
-    (second,) = d.tick().spawned
+    step = d.tick()
+    (first,), (second,) = step.retired, step.spawned
+    d.unlisten(first)
     d.ready(second)
 
     assert d.machine.state == "rolling"  # an old worker still serves
-    step = d.tick()  # the last old worker is retired: no old worker serves any more
-    assert len(step.retired) == 1
+    step = d.tick()  # the last old worker is retired...
+    (retired,) = step.retired
+    assert d.machine.rollout is not None  # ...but may still accept a connection
+    d.unlisten(retired)  # its loop let go of the listening sockets
+    step = d.tick()
     assert d.machine.last_rollout.result is Result.SUCCEEDED
     assert any("succeeded" in log.message for log in step.logs)
 
@@ -1030,7 +1043,8 @@ def test_describe_during_a_roll():
     assert status["generation"] == 1
     assert status["reloads"] == 1
     assert status["workers"] == [
-        {"pid": first, "generation": 0, "state": "draining", "since": "T+12", "recycle": None},
+        {"pid": first, "generation": 0, "state": "draining", "since": "T+12", "recycle": None,
+         "accepting": True},
         {"pid": second, "generation": 0, "state": "ready", "since": "T+0", "recycle": None},
         {"pid": new, "generation": 1, "state": "ready", "since": "T+12", "recycle": None},
         {"pid": status["workers"][3]["pid"], "generation": 1, "state": "booting",
@@ -1039,8 +1053,13 @@ def test_describe_during_a_roll():
     assert status["rollout"] == {
         "generation": 1, "reload": 1, "result": None, "error": None, "min_ready": 2,
         "started": "T+10", "finished": None, "new_ready": 1, "target": 2, "kind": "rollout",
+        "old_accepting": 2,
     }
     assert status["last_rollout"] is None
+    d.unlisten(first)
+    status = d.machine.describe(wall, counters=False)
+    assert status["workers"][0]["accepting"] is False
+    assert status["rollout"]["old_accepting"] == 1
 
 
 def test_describe_after_an_aborted_roll():
@@ -1230,3 +1249,91 @@ def test_describe_says_why_it_is_degraded():
     assert status["respawn"] == {
         "failures": 1, "last_failure": "readiness probe GET /healthz answered 404",
         "next_at": f"T+{d.now + 1:g}"}
+
+
+# -- "rolled out": no old worker accepts ------------------------------------------------------
+
+
+def roll_to_the_last_retirement(target: int = 2, **policy: Any) -> tuple[Driver, int]:
+    """A roll whose new workers are all READY and whose last old worker was just retired."""
+    d = booted(target=target, **policy)
+    d.reload()
+    d.tick()
+    retired: list[int] = []
+    while len(retired) < target:
+        d.advance(1)
+        d.ready(*d.pids(BOOTING))
+        retired += d.tick().retired
+        for pid in retired[:-1]:
+            if pid in d.machine.workers:
+                d.exit(pid)
+    assert d.machine.rollout is not None
+    assert d.machine.describe(wall, counters=False)["rollout"]["old_accepting"] == 1
+    return d, retired[-1]
+
+
+def test_a_retired_worker_leaves_the_accept_set_when_it_says_so():
+    d, last = roll_to_the_last_retirement()
+    d.advance(0.3)
+    assert d.tick().actions == []  # every new worker READY, but `last` may still accept
+    assert d.machine.state == "rolling"
+
+    d.unlisten(last)  # draining its open connections may go on
+    step = d.tick()
+
+    assert d.machine.last_rollout.result is Result.SUCCEEDED
+    assert d.machine.last_rollout.finished == d.now
+    assert step.retired == [] and step.kills == []
+    assert last in d.pids(DRAINING)  # still draining: only the roll's record moved on
+    assert any(log.level == "debug" and f"worker {last}" in log.message
+               and "stopped accepting" in log.message for log in d.actions
+               if isinstance(log, Log))
+
+
+def test_a_retired_worker_that_never_says_so_ends_the_roll_by_exiting():
+    d, last = roll_to_the_last_retirement()
+    d.advance(2)
+    assert d.tick().actions == []
+    d.exit(last)
+    d.tick()
+    assert d.machine.last_rollout.result is Result.SUCCEEDED
+
+
+def test_a_silent_retired_worker_ends_the_roll_at_the_graceful_timeout_when_killed():
+    d, last = roll_to_the_last_retirement(graceful_timeout=5.0)
+    d.advance(5)
+    assert d.tick().actions == [] and d.machine.rollout is not None
+    d.advance(0.5)
+    step = d.tick()
+    # the bound: killed (it runs no more code), so out of the accept set before it is reaped
+    assert step.kills == [Kill(last, "still draining after 5s")]
+    assert d.machine.last_rollout.result is Result.SUCCEEDED
+
+
+def test_a_worker_saying_it_stopped_accepting_twice_or_unknown_changes_nothing():
+    d, last = roll_to_the_last_retirement()
+    d.unlisten(last)
+    d.unlisten(last)
+    d.unlisten(999)
+    d.tick()
+    assert d.machine.last_rollout.result is Result.SUCCEEDED
+    logs = [a for a in d.actions if isinstance(a, Log) and "stopped accepting" in a.message]
+    assert len(logs) == 1
+
+
+def test_a_ready_old_worker_that_stopped_accepting_still_counts_until_it_is_retired():
+    # e.g. SIGTERMed by hand: it goes, but the roll still replaces it one for one
+    d = booted(target=2)
+    first, second = d.pids(READY)
+    d.unlisten(second)
+    d.reload()
+    (new,) = d.tick().spawned
+    d.ready(new)
+    step = d.tick()
+    assert step.retired == [first]
+    d.unlisten(first)
+    (new2,) = step.spawned
+    d.ready(new2)
+    assert d.tick().retired == [second]  # retired having said it already: out at once
+    assert d.machine.last_rollout is not None
+    assert d.machine.last_rollout.result is Result.SUCCEEDED

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from rollover.settings import _SPECS, NAMES, RANGES, SettingsError, resolve
+from rollover.settings import _SPECS, NAMES, RANGES, SettingsError, resolve, start_lines
 
 
 def gunicorn_cfg(**overrides: object) -> SimpleNamespace:
@@ -157,3 +157,14 @@ def _rejects(parse: object, name: str, raw: str) -> bool:
     except SettingsError:
         return True
     return False
+
+
+def test_start_line_names_only_the_settings_that_differ_from_their_defaults() -> None:
+    cfg = gunicorn_cfg(timeout=12, pidfile="/run/app/g.pid")
+    changed, every = start_lines(resolve(cfg, {"rollover_max_surge": 2},
+                                         {"ROLLOVER_CANARY": "0"}), cfg)
+    assert changed == "max_surge=2, canary=False", changed
+    # every setting, for DEBUG (a default that follows gunicorn's config is not a change)
+    assert every.startswith("ready_timeout=12.0, max_surge=2, "), every
+    assert len(every.split(", ")) == len(NAMES), every
+    assert start_lines(resolve(cfg, {}, {}), cfg)[0] == "defaults"

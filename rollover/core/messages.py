@@ -6,6 +6,7 @@ Each message is one line of ASCII-framed text, at most `MAX_LINE` bytes with its
     failed <pid> <cause>
     counts <pid> <requests> <ok> <4xx> <5xx> <failed>
     recycle <pid> due|overdue <reason>
+    unlisten <pid>
 
 `<pid>` is the sender's process id (the master compares it with the pid of the worker whose
 pipe carried the line); numbers are plain decimal digits, bounded (`MAX_PID`,
@@ -35,6 +36,7 @@ __all__ = [
     "Message",
     "Ready",
     "Recycle",
+    "Unlisten",
     "decode",
     "encode",
     "printable",
@@ -78,7 +80,13 @@ class Recycle:
     overdue: bool = False
 
 
-Message = Ready | Failed | Counts | Recycle
+@dataclass(frozen=True)
+class Unlisten:
+    """The worker will accept no connection any more: its listening sockets are out of its
+    loop for good (it may go on serving the connections it has)."""
+
+
+Message = Ready | Failed | Counts | Recycle | Unlisten
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,8 @@ def encode(pid: int, message: Message) -> bytes:
                     f"{o.failed}")
         case Recycle(reason, overdue):
             line = f"recycle {pid} {'overdue' if overdue else 'due'} {_text(reason)}"
+        case Unlisten():
+            line = f"unlisten {pid}"
     data = line.encode("utf-8", "replace")
     if len(data) >= MAX_LINE:
         data = data[:MAX_LINE - 4] + b"..."
@@ -152,15 +162,15 @@ def _decode(line: bytes) -> Envelope | Garbled:
     kind, _, rest = text.partition(" ")
     pid_field, _, payload = rest.partition(" ")
     pid = _number(pid_field, MAX_PID)
-    if kind not in ("ready", "failed", "counts", "recycle"):
+    if kind not in ("ready", "failed", "counts", "recycle", "unlisten"):
         return Garbled("not a message", printable(line))
     if pid is None or pid < 1:
         return Garbled(f"bad pid in {kind!r}", printable(line))
     message: Message
-    if kind == "ready":
+    if kind in ("ready", "unlisten"):
         if payload:
-            return Garbled("'ready' takes no fields", printable(line))
-        message = Ready()
+            return Garbled(f"{kind!r} takes no fields", printable(line))
+        message = Ready() if kind == "ready" else Unlisten()
     elif kind == "failed":
         message = Failed(_shown(payload))
     elif kind == "counts":

@@ -18,6 +18,12 @@ Rules, in the words of the README:
   backoff, as the serving generation (`Revert`: the master forks its config again, and
   with `RollBack` its code). Nothing here ever halts a master that has served once.
 - A reload during a roll supersedes it; booting workers of older generations are killed.
+- A roll succeeds once every worker is of its generation and READY, and no worker of an
+  older generation can accept a connection: a retired one counts as gone from the accept
+  set only once it said so (`unlistened`: the worker's drain stopped accepting, or its
+  serving loop returned), exits, or is killed. Every worker class rollover extends says it
+  at the latest when its serving loop returns; a worker that never does (its message lost,
+  its loop hung) is killed at `graceful_timeout`, which bounds the wait.
 """
 
 from __future__ import annotations
@@ -99,6 +105,7 @@ class Worker:
     killed: bool = False
     recycle: str | None = None  # why it asked to be replaced (max_requests, rss, age)
     overdue: bool = False  # far past that limit: retired even without a replacement
+    accepting: bool = True  # may accept connections: until it says not, or is killed
     outcomes: Outcomes = field(default_factory=Outcomes)  # its requests, as last reported
 
 
@@ -245,6 +252,15 @@ class Machine:
             judged = self.last_rollout.canary if self.last_rollout is not None else None
             if judged is not None and judged.pid == pid:
                 judged.window = outcomes - judged.base  # what it served until it left
+
+    def unlistened(self, now: float, pid: int) -> None:
+        """The worker accepts no connection any more (it keeps serving the ones it has)."""
+        w = self.workers.get(pid)
+        if w is not None and w.accepting:
+            w.accepting = False
+            if w.state is WorkerState.DRAINING:
+                self._log("debug", f"worker {pid} (generation {w.generation}) stopped "
+                                   f"accepting")
 
     def failed(self, pid: int, cause: str) -> None:
         """The worker reported why it cannot boot; its exit follows."""
@@ -399,10 +415,16 @@ class Machine:
         roll = self.rollout
         if roll is None:
             return
-        old = [w for w in self.workers.values()
-               if w.generation != roll.generation and w.state is not WorkerState.DRAINING]
-        if not old and self._new_ready() >= self.target:
+        if not self._old_accepting() and self._new_ready() >= self.target:
             self._finish(now, Result.SUCCEEDED, None)
+
+    def _old_accepting(self) -> list[Worker]:
+        """Workers of older generations than the roll's that may still accept: not retired,
+        or retired and not yet said to have stopped accepting (nor killed)."""
+        roll = self.rollout
+        return [w for w in self.workers.values()
+                if roll is not None and w.generation != roll.generation
+                and (w.state is not WorkerState.DRAINING or w.accepting)]
 
     def _retire_surplus(self, now: float) -> None:
         if self.rollout is not None and self.rollout.holding:
@@ -558,6 +580,7 @@ class Machine:
 
     def _kill(self, now: float, w: Worker, reason: str) -> None:
         w.state, w.since, w.killed = WorkerState.DRAINING, now, True
+        w.accepting = False  # SIGKILL: it runs no more code
         self._out.append(Kill(w.pid, reason))
 
     def _new_ready(self) -> int:
@@ -591,7 +614,8 @@ class Machine:
         current = record(self.rollout)
         if current is not None and self.rollout is not None:
             current.update(new_ready=self._new_ready(), target=self.target,
-                           kind="rollback" if self.rollout.is_rollback else "rollout")
+                           kind="rollback" if self.rollout.is_rollback else "rollout",
+                           old_accepting=len(self._old_accepting()))
         last = record(self.last_rollout)
         if last is not None and self.last_rollout is not None:
             last["rollback"] = self.last_rollout.rollback
@@ -609,6 +633,8 @@ class Machine:
             "workers": [{"pid": w.pid, "generation": w.generation, "state": str(w.state),
                          "since": wall(w.since), "recycle": w.recycle,
                          **({"overdue": True} if w.overdue else {}),
+                         **({"accepting": w.accepting}
+                            if w.state is WorkerState.DRAINING else {}),
                          **({"requests": w.outcomes.as_dict()} if counters else {})}
                         for w in sorted(self.workers.values(), key=lambda w: w.spawned)],
             "recycles": self.recycles,

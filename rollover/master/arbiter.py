@@ -37,7 +37,7 @@ import rollover
 from rollover import refresh, settings, status
 from rollover.core import rollout
 from rollover.core.canary import CanaryPolicy
-from rollover.core.messages import Counts, Failed, Ready, Recycle
+from rollover.core.messages import Counts, Failed, Ready, Recycle, Unlisten
 from rollover.master import exits, gunicorn_compat, hup, pinning, service
 from rollover.master.channel import Channel
 from rollover.refresh import imports_graph
@@ -110,7 +110,7 @@ class RollingArbiter(hup.Reload, service.Service, gunicorn_compat.Loop, Arbiter)
         self._release_pins = {self.machine.generation: self._start_links}
         self._spawn_pins: dict[str, str] | None = None
         pinning.address_start_through_links(self, self._start_links)
-        self.log.info("rollover %s active: %s", rollover.__version__, self.settings.summary)
+        settings.announce(self.log, self.settings, self.cfg, rollover.__version__)
         if self.settings.status_path is None:
             self.log.warning("rollover: no pidfile and no rollover_status_path: no status "
                              "file, so `rollover status/reload` cannot follow this master")
@@ -220,6 +220,8 @@ class RollingArbiter(hup.Reload, service.Service, gunicorn_compat.Loop, Arbiter)
                         self.machine.counted(now, d.pid, outcomes)
                     case Recycle(reason, overdue):
                         self.machine.recycle_requested(now, d.pid, reason, overdue=overdue)
+                    case Unlisten():
+                        self.machine.unlistened(now, d.pid)
         except Exception:
             self._fault("reading the workers' messages")
 

@@ -48,7 +48,6 @@ This module imports neither uvicorn nor gunicorn's asgi worker.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -56,6 +55,7 @@ from typing import Any
 __all__ = ["CANCEL_GRACE", "CLOSE_HEADER", "SUMMARY", "DrainState", "StreamTracker",
            "drain_deadline", "graceful_timeout", "stop_accepting"]
 
+from rollover.worker import sender
 from rollover.worker.counting import CLOSE_HEADER
 
 logger = logging.getLogger(__name__)
@@ -101,13 +101,19 @@ async def stop_accepting(servers: Iterable[asyncio.AbstractServer]) -> None:
     """
     servers = list(servers)
     loop = asyncio.get_running_loop()
+    unwatched = True
     for server in servers:
         for sock in getattr(server, "sockets", None) or ():
-            with contextlib.suppress(Exception):  # e.g. a loop without remove_reader
+            try:
                 loop.remove_reader(sock.fileno())
+            except Exception:  # e.g. a loop without remove_reader
+                unwatched = False
+    if unwatched:
+        sender.unlisten()  # no accept runs from here on (the loop's thread is this one)
     await asyncio.sleep(0.05)
     for server in servers:
         server.close()
+    sender.unlisten()
 
 
 class DrainState:

@@ -9,7 +9,11 @@ base classes and composes:
   put in front of the class (see `drain`), and for gthread before gunicorn 27.0.1,
   `drain_gthread.GthreadDrain`. The other WSGI families (`sync`, `gevent`, `eventlet`,
   gthread from gunicorn 27.0.1) keep gunicorn's own drain, which fails no request when
-  workers are retired one at a time.
+  workers are retired one at a time; for `gevent` and 27.0.1's gthread a small mixin
+  (`Family.unlisten`) tells the master when the stock loop stops accepting.
+
+Every class tells the master when it accepts no more connections (`sender.unlisten`): the
+drains as soon as they stop accepting, the others when their serving loop returns.
 
 A family is known by `issubclass` against its stock classes, looked up only in modules
 already imported (a class cannot derive from a module that was never imported): nothing is
@@ -48,6 +52,10 @@ class Family:
     loop: tuple[str, ...] = ("_serve", "run")
     # (module, attribute) whose presence says the stock class drains on its own: no mixin
     drains_itself_if: tuple[str, str] | None = None
+    # (module, class) of the mixin that, when gunicorn's own drain is kept, tells the master
+    # as soon as the stock loop stops accepting (`sender.unlisten`); None: readiness says it
+    # when the serving loop returns
+    unlisten: tuple[str, str] | None = None
 
     def stock_base(self, worker_class: type) -> type | None:
         """The family's stock class `worker_class` derives from, or None."""
@@ -57,6 +65,13 @@ class Family:
             if isinstance(base, type) and issubclass(worker_class, base):
                 return base
         return None
+
+    def unlisten_mixin(self) -> type | None:
+        if self.unlisten is None:
+            return None
+        module_name, class_name = self.unlisten
+        mixin: type = getattr(importlib.import_module(module_name), class_name)
+        return mixin
 
     def drain_mixin(self) -> type | None:
         if self.drain is None:
@@ -79,13 +94,15 @@ FAMILIES: tuple[Family, ...] = (
            drain=("rollover.worker.drain_uvicorn", "UvicornDrain"), loop=_UVICORN_LOOP),
     Family("asgi", "asgi", (("gunicorn.workers.gasgi", "ASGIWorker"),),
            drain=("rollover.worker.drain_asgi", "ASGIDrain"), loop=_ASGI_LOOP),
-    Family("gevent", "wsgi", (("gunicorn.workers.ggevent", "GeventWorker"),)),
+    Family("gevent", "wsgi", (("gunicorn.workers.ggevent", "GeventWorker"),),
+           unlisten=("rollover.worker.drain_gevent", "GeventUnlisten")),
     Family("eventlet", "wsgi", (("gunicorn.workers.geventlet", "EventletWorker"),)),
     Family("gthread", "wsgi", (("gunicorn.workers.gthread", "ThreadWorker"),),
            drain=("rollover.worker.drain_gthread", "GthreadDrain"),
            loop=("run", "handle_exit", "set_accept_enabled"),
            # 27.0.1 keeps kept-alive connections STOP_KEEPALIVE_LINGER while stopping
-           drains_itself_if=("gunicorn.workers.gthread", "STOP_KEEPALIVE_LINGER")),
+           drains_itself_if=("gunicorn.workers.gthread", "STOP_KEEPALIVE_LINGER"),
+           unlisten=("rollover.worker.drain_gthread", "GthreadUnlisten")),
     Family("sync", "wsgi", (("gunicorn.workers.sync", "SyncWorker"),)),
 )
 
@@ -125,6 +142,9 @@ def extend_worker_class(worker_class: type, *, drain: bool = True,
     family, stock = found
     mixin = family.drain_mixin()
     if mixin is None:
+        told = family.unlisten_mixin()
+        if told is not None and _loop_override(worker_class, (stock, told), family.loop) is None:
+            worker_class = _with_mixin(worker_class, told)
         return Extension(readiness.with_readiness(worker_class, family.interface),
                          f"{head}, drain: gunicorn's own")
     override = _loop_override(worker_class, (stock, mixin), family.loop)

@@ -217,7 +217,13 @@ def with_readiness(worker_class: type, interface: Interface | None) -> type:
                     self._rollover_probe_failed(cause)
             if self._rollover_counts():
                 self._rollover_start_counting()
-            super().run()
+            try:
+                super().run()
+            finally:
+                # the serving loop is over, so nothing accepts any more: what every class
+                # says at least (the drains and the stock loops rollover knows say it as
+                # soon as they stop accepting, see rollover.worker.extend)
+                sender.unlisten()
 
         def _rollover_counts(self) -> bool:
             """Requests are counted for the canary and for the recycling limits."""

@@ -8,6 +8,10 @@ is disconnected (`disconnect()`, from the fork hook): it has nothing to tell the
 
 Writes are non-blocking: a full pipe drops the message (a worker must never wait on its
 master; what matters is sent again).
+
+`unlisten()` says, once, that the worker will accept no connection any more (its listening
+sockets are out of its loop): the master counts a retired worker as gone from the accept
+set only then, or when it exits (see `rollover.core.rollout`).
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ from __future__ import annotations
 import contextlib
 import os
 
-from rollover.core.messages import Message, encode
+from rollover.core.messages import Message, Unlisten, encode
 
-__all__ = ["disconnect", "send", "use"]
+__all__ = ["disconnect", "send", "unlisten", "use"]
 
 _fd: int | None = None
+_unlistened = False
 
 
 def use(fd: int | None) -> None:
@@ -44,3 +49,12 @@ def send(message: Message) -> None:
         return
     with contextlib.suppress(Exception):
         os.write(fd, encode(os.getpid(), message))
+
+
+def unlisten() -> None:
+    """Tell the master, once, that this worker accepts no connection any more. Call it only
+    from the thread that accepts, after the last accept: never raises."""
+    global _unlistened
+    if not _unlistened:
+        _unlistened = True
+        send(Unlisten())

@@ -1,0 +1,12 @@
+"""Issue 25's matrix for gunicorn 26.2.0 (the cases: tests/rolled_out.py)."""
+
+from __future__ import annotations
+
+import pytest
+from rolled_out import RolledOutCases
+
+pytestmark = pytest.mark.process
+
+
+class TestRolledOut26(RolledOutCases):
+    VERSION = "26.2.0"
