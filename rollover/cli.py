@@ -332,17 +332,16 @@ def build_parser() -> Parser:
     deploy.set_defaults(run=deploy_command.run)
     for sub in (status, reload, deploy):
         sub.set_defaults(parser=sub)
-        sub.usage = _usage(sub)
+        sub.usage = _usage(sub, pidfile_optional=sub is deploy)
     return parser
 
 
-def _usage(sub: argparse.ArgumentParser) -> str:
+def _usage(sub: argparse.ArgumentParser, pidfile_optional: bool = False) -> str:
     """argparse's usage line, saying where the pidfile comes from (the option or the
     environment), and that --timeout goes with --wait."""
     usage = sub.format_usage().removeprefix("usage: ").rstrip("\n")
-    optional = "[--pidfile F]" in usage  # deploy: else the pidfile in rollover.toml
     shown = PIDFILE_USAGE.replace("$", "$$")
-    if optional:
+    if pidfile_optional:  # deploy: else the pidfile in rollover.toml
         shown = "[" + shown[1:-1] + "]"
     usage = re.sub(r"\[?--pidfile F\]?", shown, usage, count=1)
     usage = re.sub(r"\[--wait\]\s+\[--timeout SECONDS\]", "[--wait [--timeout SECONDS]]", usage)

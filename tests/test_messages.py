@@ -48,6 +48,7 @@ def roundtrip(pid: int, message: object) -> Envelope | Garbled:
     return decode(line[:-1])
 
 
+@settings(deadline=None)
 @given(st.integers(1, MAX_PID), messages)
 def test_what_is_encoded_decodes_to_the_same_message(pid: int, message: object) -> None:
     decoded = roundtrip(pid, message)
@@ -68,7 +69,7 @@ def test_what_is_encoded_decodes_to_the_same_message(pid: int, message: object) 
             assert decoded.message == message
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)  # no wall-clock bound: a busy machine
 @given(st.binary(max_size=5000))
 def test_random_bytes_never_raise(data: bytes) -> None:
     assert isinstance(decode(data), Envelope | Garbled)
@@ -82,14 +83,14 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)  # no wall-clock bound: a busy machine
 @given(json_values)
 def test_random_json_is_garbled(value: object) -> None:
     line = json.dumps(value).encode()
     assert isinstance(decode(line), Garbled)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)  # no wall-clock bound: a busy machine
 @given(st.sampled_from(["ready", "failed", "counts", "recycle", "unlisten"]),
        st.lists(st.one_of(st.integers(), st.floats(), st.text(max_size=30)).map(str),
                 max_size=8))
