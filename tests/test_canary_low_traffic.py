@@ -114,5 +114,7 @@ def test_background_errors_on_both_are_no_failure(
             verdicts.append((code, canary["verdict"], canary["summary"]))
     print(f"\nbackground 2%: {verdicts}; load {load.describe()}")
     assert all(code == 0 and verdict == "passed" for code, verdict, _ in verdicts), verdicts
-    assert all(summary.startswith("1 of ") for _, _, summary in verdicts), verdicts
+    for _, _, summary in verdicts:  # its errors: the app's own 1 in 50 (the first is one)
+        failed, _, answered = summary.split(" failed vs ")[0].partition(" of ")
+        assert 1 <= int(failed) <= 1 + int(answered) // 50, verdicts
     assert set(load.failed()) <= {"HTTP 500"}
