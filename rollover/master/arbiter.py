@@ -89,6 +89,7 @@ class RollingArbiter(hup.Reload, service.Service, gunicorn_compat.Loop, Arbiter)
         self.machine = rollout.Machine(self._policy(), target=self.num_workers)
         self._extend_worker_class(announce=True)
         self._last_status: dict[str, Any] | None = None
+        self._settings_cached: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self._last_counted: dict[str, Any] | None = None
         self._counts_written = float("-inf")
         self._status_error: str | None = None
@@ -441,6 +442,25 @@ class RollingArbiter(hup.Reload, service.Service, gunicorn_compat.Loop, Arbiter)
 
     # -- status ------------------------------------------------------------------------------
 
+    def _settings_view(self) -> dict[str, Any]:
+        """The status's settings. They change only at a HUP (or its undoing): built once
+        per change of the objects they come from, not on every wake of the loop."""
+        key = (self.settings, self.cfg, self.machine.policy)
+        cached = self._settings_cached
+        if cached is not None and all(a is b for a, b in zip(cached[0], key, strict=True)):
+            return cached[1]
+        s, canary = self.settings, self.machine.policy.canary
+        view = {"ready_timeout": s.ready_timeout, "max_surge": s.max_surge,
+                "graceful_timeout": s.graceful_timeout, "max_draining": s.max_draining,
+                "probe_path": s.probe_path, "recycle": s.recycle,
+                "max_requests": self.cfg.max_requests or None,
+                "max_worker_rss": s.max_worker_rss, "max_worker_age": s.max_worker_age,
+                "reexec_python": s.reexec_python,
+                # a USR2 handoff's canary is judged by `rollover deploy` with these
+                "canary": dataclasses.asdict(canary) if canary is not None else None}
+        self._settings_cached = (key, view)
+        return view
+
     def _write_status(self) -> None:
         path = self._status_path()
         if path is None or getattr(self, "pid", None) is None:
@@ -461,19 +481,7 @@ class RollingArbiter(hup.Reload, service.Service, gunicorn_compat.Loop, Arbiter)
                        "prefix": sys.prefix},
             "start": {"cwd": self.START_CTX.get("cwd"),
                       "chdir_default": pinning.chdir_default()},
-            "settings": {"ready_timeout": self.settings.ready_timeout,
-                         "max_surge": self.settings.max_surge,
-                         "graceful_timeout": self.settings.graceful_timeout,
-                         "max_draining": self.settings.max_draining,
-                         "probe_path": self.settings.probe_path,
-                         "recycle": self.settings.recycle,
-                         "max_requests": self.cfg.max_requests or None,
-                         "max_worker_rss": self.settings.max_worker_rss,
-                         "max_worker_age": self.settings.max_worker_age,
-                         "reexec_python": self.settings.reexec_python,
-                         # a USR2 handoff's canary is judged by `rollover deploy` with these
-                         "canary": (dataclasses.asdict(self.machine.policy.canary)
-                                    if self.machine.policy.canary is not None else None)},
+            "settings": self._settings_view(),
             **self.machine.describe(lambda t: status.iso(t + offset), counters=False),
             "serving_code": "preloaded" if self.cfg.preload_app else "disk",
             "refresh": self.refresh_report.as_dict() if self.refresh_report else None,
